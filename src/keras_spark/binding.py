@@ -1,0 +1,149 @@
+"""Which DataFrame column feeds which Keras input or label, and the rules it must obey.
+
+Everything here reads only the Spark schema and the model, so every mistake it can
+see is reported before Spark runs a job. What only the data can show (nulls, array
+lengths) is checked by the C++ core during the single Spark pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import types as T
+
+from keras_spark.errors import BindingError
+
+_INTEGER_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
+_NUMERIC_TYPES = _INTEGER_TYPES + (T.FloatType, T.DoubleType, T.BooleanType)
+# Keras auto-names unnamed inputs like this; such a name rarely matches a column.
+_AUTO_INPUT_PREFIXES = ("input_layer", "keras_tensor", "input_")
+
+SUPPORTED_DTYPES = (
+    "bool", "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64", "float32", "float64",
+)
+
+
+@dataclass(frozen=True)
+class ColumnBinding:
+    """One DataFrame column feeding one Keras input or one output's label.
+
+    `shape` is the per-row shape of the dense tensor; -1 where the data decides
+    (a `None` dimension of the Keras input, or any dimension of a label).
+    """
+
+    column: str
+    role: str  # "input" or "label"
+    keras_name: str
+    dtype: str
+    shape: tuple[int, ...]
+    spark_type: str
+
+    def core_spec(self, field_index: int) -> tuple[str, int, str, list[int]]:
+        """The (name, field index, dtype, shape) tuple the C++ core takes."""
+        return (self.column, field_index, self.dtype, list(self.shape))
+
+
+def describe_type(data_type: T.DataType) -> str:
+    """A Spark type in the words a user would write it (`array<float>`)."""
+    return data_type.simpleString()
+
+
+def column_depth(data_type: T.DataType, column: str) -> tuple[int, T.DataType]:
+    """Nesting depth and leaf type of a column that can feed a tensor.
+
+    Raises BindingError for columns that hold no numbers (strings, maps, ...).
+    """
+    if type(data_type).__name__ == "VectorUDT":
+        return 1, T.DoubleType()
+    depth, leaf = 0, data_type
+    while isinstance(leaf, T.ArrayType):
+        depth, leaf = depth + 1, leaf.elementType
+    if isinstance(leaf, _NUMERIC_TYPES):
+        return depth, leaf
+    hint = " (cast it to double first)" if isinstance(leaf, T.DecimalType) else ""
+    raise BindingError(
+        f"column '{column}' has type {describe_type(data_type)}; expected a number, "
+        f"an array of numbers (any depth) or a Spark ML vector{hint}"
+    )
+
+
+def _column_or_error(schema: T.StructType, column: str, what: str) -> T.StructField:
+    names = schema.fieldNames()
+    if column in names:
+        return schema[column]
+    raise BindingError(f"{what} has no column named '{column}' in the DataFrame; columns are {names}")
+
+
+def _input_shape(keras_shape) -> tuple[int, ...]:
+    return tuple(-1 if d is None else int(d) for d in keras_shape[1:])
+
+
+def _check_depth(column: str, spark_type: T.DataType, depth: int, shape: tuple[int, ...], keras_name: str) -> None:
+    # A column of depth d feeds a rank-d input, or a higher-rank one whose extra
+    # trailing dimensions are all 1 (a scalar column feeding shape (1,)).
+    extra = shape[depth:]
+    if len(shape) >= depth and all(d == 1 for d in extra):
+        return
+    raise BindingError(
+        f"column '{column}' has type {describe_type(spark_type)} (nesting depth {depth}), but Keras input "
+        f"'{keras_name}' expects per-row shape {shape} (rank {len(shape)}); give the input a shape of rank "
+        f"{depth} or make the column match"
+    )
+
+
+def bind_inputs(model, schema: T.StructType) -> list[ColumnBinding]:
+    """Bind every Keras input to the column of the same name."""
+    bindings = []
+    for tensor in model.inputs:
+        name = tensor.name
+        if name not in schema.fieldNames():
+            if name.startswith(_AUTO_INPUT_PREFIXES):
+                raise BindingError(
+                    f"Keras input '{name}' has no name of its own and matches no column; name each input after "
+                    f"its column, e.g. keras.Input(shape={tuple(tensor.shape[1:])}, name='<column>'); columns "
+                    f"are {schema.fieldNames()}"
+                )
+            _column_or_error(schema, name, f"Keras input '{name}'")
+        field = schema[name]
+        depth, _ = column_depth(field.dataType, name)
+        shape = _input_shape(tensor.shape)
+        _check_depth(name, field.dataType, depth, shape, name)
+        dtype = str(tensor.dtype)
+        if dtype not in SUPPORTED_DTYPES:
+            raise BindingError(
+                f"Keras input '{name}' has dtype {dtype}; keras-spark feeds one of {SUPPORTED_DTYPES}"
+            )
+        bindings.append(ColumnBinding(name, "input", name, dtype, shape, describe_type(field.dataType)))
+    return bindings
+
+
+def label_dtype(leaf: T.DataType, floatx: str) -> str:
+    """Labels keep their kind: integer columns stay integers (sparse losses need them)."""
+    if isinstance(leaf, T.LongType):
+        return "int64"
+    if isinstance(leaf, _INTEGER_TYPES):
+        return "int32"
+    return floatx
+
+
+def bind_labels(model, schema: T.StructType, floatx: str = "float32") -> list[ColumnBinding]:
+    """Bind every Keras output to the label column named like the output."""
+    bindings = []
+    for name in model.output_names:
+        field = _column_or_error(schema, name, f"Keras output '{name}' (its label)")
+        depth, leaf = column_depth(field.dataType, name)
+        bindings.append(
+            ColumnBinding(name, "label", name, label_dtype(leaf, floatx), (-1,) * depth, describe_type(field.dataType))
+        )
+    return bindings
+
+
+def check_partition_column(schema: T.StructType, partition_col: str) -> None:
+    """The partition column must exist and hold integers (checked for sign in the core)."""
+    field = _column_or_error(schema, partition_col, f"partition_col='{partition_col}'")
+    if not isinstance(field.dataType, _INTEGER_TYPES):
+        raise BindingError(
+            f"partition column '{partition_col}' has type {describe_type(field.dataType)}; expected an integer "
+            f"type (int/bigint) holding partition ids 0..n"
+        )

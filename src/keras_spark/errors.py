@@ -1,0 +1,17 @@
+"""The exceptions keras-spark raises for bad input; both are ValueErrors."""
+
+
+class BindingError(ValueError):
+    """A Keras input or output cannot be fed from the DataFrame's schema.
+
+    Raised before Spark reads any data: a missing column, a type that cannot
+    feed the input, or a nesting depth that does not match the input's rank.
+    """
+
+
+class DataError(ValueError):
+    """The DataFrame's values cannot be fed to the model.
+
+    Raised after the Spark pass and before the first training step: a null,
+    an array of the wrong or varying length, a bad partition id, no rows.
+    """

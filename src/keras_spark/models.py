@@ -1,0 +1,98 @@
+"""KerasSparkModel: a functional `keras.Model` that also trains on and scores Spark DataFrames.
+
+    model = KerasSparkModel(inputs, outputs)
+    model.compile("adam", "mse")
+    model.fit(spark_df, batch_size=32, epochs=5, partition_col="partition_id")
+    scored = model.predict(spark_df).select("model_output.label1")
+
+Given anything that is not a Spark DataFrame, every method is keras.Model's own.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from keras_spark import binding
+from keras_spark.errors import BindingError
+from keras_spark.spark import is_spark_dataframe
+
+_UNSET = object()
+
+
+@keras.saving.register_keras_serializable(package="keras_spark")
+class KerasSparkModel(keras.Model):
+    """A Keras functional model whose fit, evaluate and predict also take a PySpark DataFrame.
+
+    Inputs are fed from the columns named like the Keras inputs; each output's label is
+    the column named like the output (`model.output_names`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+
+    def get_config(self):
+        return super().get_config()
+
+    # -- training -------------------------------------------------------------------
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, *args, partition_col=_UNSET,
+            num_parallel_calls=_UNSET, cache_dir=_UNSET, **kwargs):
+        """keras.Model.fit; with a Spark DataFrame `x`, trains on its columns.
+
+        Spark-only keywords: `partition_col` (default "partition_id": integer ids 0..n,
+        each one unit of streaming), `num_parallel_calls` (partitions read and interleaved
+        at once; default one per core) and `cache_dir` (where the one Spark pass leaves
+        its dense cache; must be visible to executors and driver; default a temporary
+        directory, removed after fit).
+        """
+        spark_only = dict(partition_col=partition_col, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir)
+        if not is_spark_dataframe(x):
+            _reject_spark_keywords(spark_only, "fit")
+            if is_spark_dataframe(kwargs.get("validation_data")):
+                raise BindingError("validation_data is a Spark DataFrame but x is not; pass both as DataFrames")
+            return super().fit(x, y, batch_size, epochs, *args, **kwargs)
+        if args:
+            raise TypeError("with a Spark DataFrame, pass fit's arguments after `epochs` by keyword")
+        from keras_spark.spark.training import fit_dataframe
+
+        return fit_dataframe(
+            self, x, y=y, batch_size=batch_size, epochs=epochs, super_fit=super().fit,
+            **{k: v for k, v in spark_only.items() if v is not _UNSET}, **kwargs,
+        )
+
+    def evaluate(self, x=None, y=None, batch_size=None, *args, partition_col=_UNSET, cache_dir=_UNSET, **kwargs):
+        """keras.Model.evaluate; with a Spark DataFrame `x`, evaluates on its columns (on the driver)."""
+        spark_only = dict(partition_col=partition_col, cache_dir=cache_dir)
+        if not is_spark_dataframe(x):
+            _reject_spark_keywords(spark_only, "evaluate")
+            return super().evaluate(x, y, batch_size, *args, **kwargs)
+        from keras_spark.spark.training import evaluate_dataframe
+
+        return evaluate_dataframe(
+            self, x, y=y, batch_size=batch_size, super_evaluate=super().evaluate,
+            **{k: v for k, v in spark_only.items() if v is not _UNSET}, **kwargs,
+        )
+
+    # -- scoring --------------------------------------------------------------------
+    def predict(self, x, batch_size=None, *args, **kwargs):
+        """keras.Model.predict; with a Spark DataFrame, a lazy DataFrame scored on the executors.
+
+        The result keeps every column of `x`, row for row, and adds a struct column
+        `model_output` with one field per model output, e.g. `model_output.label1`.
+        """
+        if not is_spark_dataframe(x):
+            return super().predict(x, batch_size, *args, **kwargs)
+        from keras_spark.spark.score import predict_dataframe
+
+        bindings = binding.bind_inputs(self, x.schema)
+        return predict_dataframe(self, x, bindings, batch_size or 32)
+
+
+def _reject_spark_keywords(spark_only: dict, method: str) -> None:
+    given = [k for k, v in spark_only.items() if v is not _UNSET]
+    if given:
+        raise TypeError(f"{method}() got {given}, which apply only when x is a Spark DataFrame")
+
+
+def load_model(path: str, **kwargs) -> KerasSparkModel:
+    """keras.models.load_model, with KerasSparkModel registered."""
+    return keras.models.load_model(path, **kwargs)

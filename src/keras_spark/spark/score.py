@@ -1,0 +1,147 @@
+"""predict on the Spark executors: `mapInArrow`, the model shipped once as .keras bytes.
+
+Like Spark's own `predict_batch_udf`, the loaded model is cached per Python worker
+under an id made on the driver, so each worker loads it once however many tasks
+and batches it scores. Input columns go through the same C++ conversion as
+training; every column of the incoming batch is passed through untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import uuid
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import types as T
+
+from keras_spark.binding import ColumnBinding
+
+OUTPUT_COLUMN = "model_output"
+_models_by_id: dict[str, object] = {}
+
+_SPARK_TYPES = {
+    "float32": T.FloatType(), "float64": T.DoubleType(), "float16": T.FloatType(), "bfloat16": T.FloatType(),
+    "int8": T.ByteType(), "int16": T.ShortType(), "int32": T.IntegerType(), "int64": T.LongType(),
+    "uint8": T.ShortType(), "bool": T.BooleanType(),
+}
+
+
+def output_field_type(shape, dtype: str) -> T.DataType:
+    """Per-row shape () or (1,) -> scalar; (k,) -> array; (k, m) -> array<array>; and so on."""
+    shape = tuple(shape)
+    if shape == (1,):
+        shape = ()
+    spark_type = _SPARK_TYPES.get(dtype, T.FloatType())
+    for _ in shape:
+        spark_type = T.ArrayType(spark_type, containsNull=False)
+    return spark_type
+
+
+def output_schema(model, input_schema: T.StructType) -> T.StructType:
+    outputs = T.StructType([
+        T.StructField(name, output_field_type(t.shape[1:], str(t.dtype)), nullable=False)
+        for name, t in zip(model.output_names, model.outputs)
+    ])
+    if OUTPUT_COLUMN in input_schema.fieldNames():
+        from keras_spark.errors import BindingError
+
+        raise BindingError(f"the DataFrame already has a column '{OUTPUT_COLUMN}'; drop or rename it before predict")
+    return T.StructType(input_schema.fields + [T.StructField(OUTPUT_COLUMN, outputs, nullable=False)])
+
+
+def _to_arrow(values: np.ndarray, spark_type: T.DataType) -> pa.Array:
+    """A dense (n, ...) array as the Arrow array Spark expects for `spark_type` (no per-row loop)."""
+    n = values.shape[0]
+    if not isinstance(spark_type, T.ArrayType):
+        return pa.array(values.reshape(n))
+    inner = values.reshape((n * values.shape[1],) + values.shape[2:]) if values.ndim > 1 else values
+    width = values.shape[1]
+    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, _to_arrow(inner, spark_type.elementType))
+
+
+def _load_model(model_id: str, model_bytes, backend: str):
+    model = _models_by_id.get(model_id)
+    if model is None:
+        os.environ.setdefault("KERAS_BACKEND", backend)
+        import keras
+
+        import keras_spark.models  # noqa: F401  registers KerasSparkModel for load_model
+
+        if hasattr(model_bytes, "value"):  # a Spark broadcast
+            model_bytes = model_bytes.value
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.keras")
+            with open(path, "wb") as f:
+                f.write(model_bytes)
+            model = keras.models.load_model(path, compile=False)
+        _models_by_id.clear()  # one model per worker at a time keeps worker memory flat
+        _models_by_id[model_id] = model
+    return model
+
+
+def _dense_inputs(batch: pa.RecordBatch, bindings: list[ColumnBinding]) -> list[np.ndarray]:
+    from keras_spark import _core
+
+    arrays = []
+    for b in bindings:
+        column = batch.column(batch.schema.get_field_index(b.column))
+        dense, _ = _core.to_dense(*column.__arrow_c_array__(), b.column, b.dtype, list(b.shape))
+        arrays.append(dense)
+    return arrays
+
+
+def _score_batches(batches, *, model_id, model_bytes, backend, bindings, output_types, batch_size):
+    """Executor side: each Arrow batch -> the same batch plus the `model_output` struct."""
+    import keras
+
+    model = _load_model(model_id, model_bytes, backend)
+    names = [t for t, _ in output_types]
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        inputs = _dense_inputs(batch, bindings)
+        chunks = []
+        for start in range(0, batch.num_rows, batch_size):
+            x = keras.tree.pack_sequence_as(model._inputs_struct, [a[start:start + batch_size] for a in inputs])
+            out = model.predict_on_batch(x)
+            chunks.append(keras.tree.flatten(out))
+        outputs = [np.concatenate([c[i] for c in chunks]) if len(chunks) > 1 else chunks[0][i]
+                   for i in range(len(names))]
+        fields = [_to_arrow(np.asarray(o), spark_type) for o, (_, spark_type) in zip(outputs, output_types)]
+        struct = pa.StructArray.from_arrays(fields, names=names)
+        yield pa.RecordBatch.from_arrays(batch.columns + [struct], names=batch.schema.names + [OUTPUT_COLUMN])
+
+
+def _ship(spark, model_bytes: bytes):
+    """Broadcast the model where the session has a SparkContext; Spark Connect sends it with the plan."""
+    try:
+        return spark.sparkContext.broadcast(model_bytes)
+    except Exception:
+        return model_bytes
+
+
+def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int):
+    """A lazy DataFrame: every column of `df` plus `model_output`, scored on the executors."""
+    import keras
+
+    schema = output_schema(model, df.schema)
+    output_types = [(f.name, f.dataType) for f in schema[OUTPUT_COLUMN].dataType.fields]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        with open(path, "rb") as f:
+            model_bytes = f.read()
+    score = functools.partial(
+        _score_batches,
+        model_id=uuid.uuid4().hex,
+        model_bytes=_ship(df.sparkSession, model_bytes),
+        backend=keras.backend.backend(),
+        bindings=bindings,
+        output_types=output_types,
+        batch_size=int(batch_size),
+    )
+    return df.mapInArrow(score, schema)

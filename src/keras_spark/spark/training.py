@@ -1,0 +1,94 @@
+"""fit and evaluate on a Spark DataFrame: bind, one Spark pass to the cache, then Keras's own loop.
+
+Everything that can be wrong with the schema is raised by `binding` before Spark
+runs; everything wrong with the values is raised after the one Spark pass and
+before the first training step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import keras
+
+from keras_spark import binding
+from keras_spark.errors import BindingError
+from keras_spark.feed import BatchFeed
+from keras_spark.spark import is_spark_dataframe
+from keras_spark.spark.extract import extract
+
+
+def _bind(model, df, partition_col: str, with_labels: bool):
+    binding.check_partition_column(df.schema, partition_col)
+    bound = binding.bind_inputs(model, df.schema)
+    if with_labels:
+        bound += binding.bind_labels(model, df.schema, keras.config.floatx())
+    return bound
+
+
+def _reject(name: str, value, why: str) -> None:
+    if value is not None and value is not False and not (isinstance(value, float) and value == 0.0):
+        raise BindingError(f"{name} is not supported with a Spark DataFrame: {why}")
+
+
+@contextlib.contextmanager
+def _cached(df, bindings, partition_col, cache_dir):
+    cached = extract(df, bindings, partition_col, cache_dir=cache_dir)
+    try:
+        yield cached
+    finally:
+        cached.remove()
+
+
+def _feed(model, cached, batch_size, **kwargs) -> BatchFeed:
+    return BatchFeed(model, cached, batch_size=batch_size, **kwargs)
+
+
+def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, partition_col="partition_id",
+                  num_parallel_calls=None, cache_dir=None, shuffle=True, validation_data=None,
+                  validation_split=0.0, validation_batch_size=None, sample_weight=None, initial_epoch=0,
+                  steps_per_epoch=None, validation_steps=None, **keras_kwargs):
+    """Model.fit on a DataFrame: labels are the columns named like the outputs."""
+    _reject("y", y, "labels are the columns named like the model's outputs")
+    _reject("sample_weight", sample_weight, "put weights in the loss or filter rows in Spark")
+    _reject("validation_split", validation_split, "pass validation_data=<DataFrame> (e.g. from df.randomSplit)")
+    batch_size = int(batch_size or 32)
+    train_bindings = _bind(model, df, partition_col, with_labels=True)
+    spark_validation = validation_data is not None and is_spark_dataframe(validation_data)
+    val_bindings = _bind(model, validation_data, partition_col, True) if spark_validation else None
+    seed = random.getrandbits(63)  # keras.utils.set_random_seed seeds `random`
+
+    with contextlib.ExitStack() as stack:
+        cached = stack.enter_context(_cached(df, train_bindings, partition_col, cache_dir))
+        if spark_validation:
+            val_cached = stack.enter_context(_cached(validation_data, val_bindings, partition_col, cache_dir))
+        feed = _feed(model, cached, batch_size, shuffle=shuffle, seed=seed,
+                     num_parallel_calls=num_parallel_calls, first_epoch=initial_epoch)
+        stack.callback(feed.close)
+        if spark_validation:
+            val_feed = _feed(model, val_cached, validation_batch_size or batch_size, shuffle=False, seed=0,
+                             num_parallel_calls=num_parallel_calls)
+            stack.callback(val_feed.close)
+            validation_data, validation_steps = iter(val_feed), validation_steps or val_feed.steps_per_epoch
+        history = super_fit(
+            iter(feed), epochs=epochs, steps_per_epoch=steps_per_epoch or feed.steps_per_epoch,
+            validation_data=validation_data, validation_steps=validation_steps, initial_epoch=initial_epoch,
+            shuffle=False, **keras_kwargs,
+        )
+        model.data_stats = feed.stats()
+    return history
+
+
+def evaluate_dataframe(model, df, *, y=None, batch_size=None, super_evaluate, partition_col="partition_id",
+                       cache_dir=None, sample_weight=None, steps=None, **keras_kwargs):
+    """Model.evaluate on a DataFrame, in row order, on the driver."""
+    _reject("y", y, "labels are the columns named like the model's outputs")
+    _reject("sample_weight", sample_weight, "put weights in the loss or filter rows in Spark")
+    bindings = _bind(model, df, partition_col, with_labels=True)
+    with _cached(df, bindings, partition_col, cache_dir) as cached:
+        feed = _feed(model, cached, int(batch_size or 32), shuffle=False, seed=0, num_parallel_calls=1)
+        try:
+            return super_evaluate(iter(feed), steps=steps or feed.steps_per_epoch, **keras_kwargs)
+        finally:
+            feed.close()

@@ -1,0 +1,44 @@
+"""Small DataFrames and models the tests share; data is generated in Spark, not downloaded."""
+
+import keras
+import numpy as np
+from pyspark.sql import functions as F
+
+from keras_spark.models import KerasSparkModel
+
+
+def numeric_frame(spark, rows: int, partitions: int, features: int = 4, seed: int = 0, spark_partitions: int = 3):
+    """id, partition_id, x (array<float> of `features`), y (float) = sum(x) with noise-free labels."""
+    xs = [F.rand(seed + i).cast("float") for i in range(features)]
+    df = (
+        spark.range(rows, numPartitions=spark_partitions)
+        .select(
+            F.col("id"),
+            (F.col("id") % partitions).cast("int").alias("partition_id"),
+            F.array(*xs).alias("x"),
+        )
+        .withColumn("y", F.aggregate("x", F.lit(0.0).cast("float"), lambda acc, v: acc + v))
+    )
+    return df
+
+
+def to_numpy(df, *columns):
+    """The DataFrame's columns as NumPy arrays, ordered by id (test-side only)."""
+    table = df.orderBy("id").toArrow()
+    out = []
+    for c in columns:
+        col = table.column(c).combine_chunks()
+        values = col.to_numpy(zero_copy_only=False)
+        if values.dtype == object:
+            values = np.stack([np.asarray(v) for v in values])
+        out.append(values)
+    return out
+
+
+def regression_model(features: int = 4) -> KerasSparkModel:
+    x = keras.Input(shape=(features,), name="x")
+    h = keras.layers.Dense(8, activation="relu")(x)
+    y = keras.layers.Dense(1, name="y")(h)
+    model = KerasSparkModel(x, y)
+    model.compile(optimizer="adam", loss="mse")
+    return model

@@ -1,0 +1,117 @@
+"""Bad input: a Python exception naming the column, the expected and the found, before training."""
+
+import keras
+import pytest
+from pyspark.sql import functions as F
+
+from builders import numeric_frame
+from keras_spark.errors import BindingError, DataError
+from keras_spark.models import KerasSparkModel
+
+
+def _model(shape=(4,), name="x", label="y"):
+    x = keras.Input(shape=shape, name=name)
+    flat = keras.layers.Flatten()(x) if len(shape) > 1 else x
+    model = KerasSparkModel(x, keras.layers.Dense(1, name=label)(flat))
+    model.compile("sgd", "mse")
+    return model
+
+
+def _fit_fails(model, df, error, *patterns, **kwargs):
+    with pytest.raises(error) as caught:
+        model.fit(df, batch_size=8, epochs=1, verbose=0, **kwargs)
+    message = str(caught.value)
+    for pattern in patterns:
+        assert pattern in message, message
+    assert int(model.optimizer.iterations.numpy()) == 0  # no training step ran
+    return message
+
+
+@pytest.fixture(scope="module")
+def frame(spark):
+    return numeric_frame(spark, rows=40, partitions=2)
+
+
+def test_missing_input_column(frame):
+    _fit_fails(_model(name="pixels"), frame, BindingError, "'pixels'", "columns are")
+
+
+def test_missing_label_column(frame):
+    _fit_fails(_model(label="target"), frame, BindingError, "'target'", "label")
+
+
+def test_missing_partition_column(frame):
+    _fit_fails(_model(), frame.drop("partition_id"), BindingError, "'partition_id'")
+
+
+def test_unnamed_input_matches_no_column(frame):
+    x = keras.Input(shape=(4,))
+    model = KerasSparkModel(x, keras.layers.Dense(1, name="y")(x))
+    model.compile("sgd", "mse")
+    _fit_fails(model, frame, BindingError, "no name of its own", "name=")
+
+
+def test_string_column_for_a_float_input(frame):
+    df = frame.withColumn("x", F.lit("text"))
+    _fit_fails(_model(), df, BindingError, "'x'", "string", "expected a number")
+
+
+def test_arrays_of_the_wrong_length(frame):
+    df = frame.withColumn("x", F.slice("x", 1, 3))
+    _fit_fails(_model(), df, DataError, "'x'", "4", "3")
+
+
+def test_arrays_of_varying_length(frame):
+    df = frame.withColumn("x", F.when(F.col("id") % 7 == 3, F.slice("x", 1, 3)).otherwise(F.col("x")))
+    _fit_fails(_model(shape=(None,)), df, DataError, "'x'", "4", "3")
+
+
+def test_nested_depth_does_not_match_the_input_rank(frame):
+    df = frame.withColumn("x", F.array(F.col("x"), F.col("x")))
+    _fit_fails(_model(), df, BindingError, "'x'", "array<array<float>>", "(4,)")
+
+
+def test_input_rank_higher_than_the_column(frame):
+    _fit_fails(_model(shape=(2, 2)), frame, BindingError, "'x'", "(2, 2)")
+
+
+def test_null_feature(frame):
+    df = frame.withColumn("x", F.when(F.col("id") == 17, F.lit(None)).otherwise(F.col("x")))
+    _fit_fails(_model(), df, DataError, "'x'", "null")
+
+
+def test_null_inside_an_array(frame):
+    df = frame.withColumn("x", F.when(F.col("id") == 5, F.array(F.lit(1.0), F.lit(None), F.lit(2.0), F.lit(3.0)))
+                          .otherwise(F.col("x")))
+    _fit_fails(_model(), df, DataError, "'x'", "null")
+
+
+def test_null_label(frame):
+    df = frame.withColumn("y", F.when(F.col("id") == 9, F.lit(None)).otherwise(F.col("y")))
+    _fit_fails(_model(), df, DataError, "'y'", "null")
+
+
+def test_non_integer_partition_id(frame):
+    df = frame.withColumn("partition_id", F.col("partition_id") + 0.5)
+    _fit_fails(_model(), df, BindingError, "'partition_id'", "double", "integer")
+
+
+def test_negative_partition_id(frame):
+    df = frame.withColumn("partition_id", F.col("partition_id") - 1)
+    _fit_fails(_model(), df, DataError, "partition_id", "negative")
+
+
+def test_empty_dataframe(frame):
+    _fit_fails(_model(), frame.limit(0), DataError, "no rows")
+
+
+def test_spark_keywords_with_numpy_data_are_rejected_like_keras_would():
+    import numpy as np
+
+    with pytest.raises(TypeError, match="partition_col"):
+        _model().fit(np.zeros((4, 4)), np.zeros(4), partition_col="p", verbose=0)
+
+
+def test_predict_names_a_missing_input_column(frame):
+    with pytest.raises(BindingError, match="'pixels'"):
+        _model(name="pixels").predict(frame)

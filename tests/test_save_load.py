@@ -1,0 +1,33 @@
+"""A KerasSparkModel saves to .keras and loads back as a KerasSparkModel."""
+
+import keras
+import numpy as np
+
+from builders import numeric_frame, regression_model, to_numpy
+from keras_spark.models import KerasSparkModel
+
+
+def test_save_and_load_round_trip(spark, tmp_path):
+    df = numeric_frame(spark, 500, 2)
+    model = regression_model()
+    model.fit(df, batch_size=50, epochs=2, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, KerasSparkModel)
+    (x,) = to_numpy(df, "x")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+    # The loaded model keeps its Spark powers.
+    loaded.fit(df, batch_size=50, epochs=1, verbose=0)
+    assert loaded.predict(df).count() == 500
+
+
+def test_numpy_data_behaves_as_keras_model():
+    x = keras.Input(shape=(2,), name="x")
+    model = KerasSparkModel(x, keras.layers.Dense(1, name="y")(x))
+    model.compile("sgd", "mse")
+    data = np.random.rand(64, 2).astype("float32")
+    history = model.fit(data, data.sum(1), batch_size=16, epochs=2, verbose=0, validation_split=0.25)
+    assert set(history.history) == {"loss", "val_loss"}
+    assert model.predict(data, verbose=0).shape == (64, 1)
+    assert np.isfinite(model.evaluate(data, data.sum(1), verbose=0))
