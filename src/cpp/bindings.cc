@@ -1,0 +1,223 @@
+// The only file that knows Python: nanobind bindings of the core as `keras_spark._core`.
+//
+// Arrow data arrives as PyCapsules (the Arrow PyCapsule protocol) and is borrowed
+// for the duration of a call; batches leave as NumPy arrays that own the C++
+// buffers through a capsule. The GIL is released around every conversion and wait.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstdlib>
+
+#include "cache_writer.h"
+#include "columns.h"
+#include "pipeline.h"
+
+namespace nb = nanobind;
+using namespace keras_spark;
+
+namespace {
+
+template <typename T>
+const T& from_capsule(const nb::capsule& capsule, const char* name) {
+  void* p = PyCapsule_GetPointer(capsule.ptr(), name);
+  if (!p) throw nb::python_error();
+  const T* value = static_cast<const T*>(p);
+  if constexpr (std::is_same_v<T, ArrowArray>) {
+    if (!value->release) throw std::invalid_argument("the Arrow array has already been released");
+  }
+  return *value;
+}
+
+nb::dlpack::dtype dlpack_dtype(DType dtype) {
+  using code = nb::dlpack::dtype_code;
+  const uint8_t bits = static_cast<uint8_t>(dtype_size(dtype) * 8);
+  switch (dtype) {
+    case DType::Bool: return {static_cast<uint8_t>(code::Bool), 8, 1};
+    case DType::Int8: case DType::Int16: case DType::Int32: case DType::Int64:
+      return {static_cast<uint8_t>(code::Int), bits, 1};
+    case DType::UInt8: case DType::UInt16: case DType::UInt32: case DType::UInt64:
+      return {static_cast<uint8_t>(code::UInt), bits, 1};
+    default: return {static_cast<uint8_t>(code::Float), bits, 1};
+  }
+}
+
+// A NumPy array that owns `data` (malloc'd) through a capsule: no copy.
+nb::object owned_array(uint8_t* data, int64_t rows, const std::vector<int64_t>& shape, DType dtype) {
+  nb::capsule owner(data, [](void* p) noexcept { std::free(p); });
+  std::vector<size_t> dims{static_cast<size_t>(rows)};
+  for (int64_t d : shape) dims.push_back(static_cast<size_t>(d));
+  nb::ndarray<nb::numpy> array(data, dims.size(), dims.data(), owner, nullptr, dlpack_dtype(dtype));
+  return nb::cast(array, nb::rv_policy::reference);
+}
+
+ColumnTarget target_of(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape) {
+  ColumnTarget t;
+  t.name = name;
+  t.dtype = parse_dtype(dtype);
+  t.shape = shape;
+  return t;
+}
+
+nb::tuple to_dense(nb::capsule schema_capsule, nb::capsule array_capsule, const std::string& name,
+                   const std::string& dtype, const std::vector<int64_t>& shape) {
+  const ArrowSchema& schema = from_capsule<ArrowSchema>(schema_capsule, "arrow_schema");
+  const ArrowArray& array = from_capsule<ArrowArray>(array_capsule, "arrow_array");
+  ColumnTarget target = target_of(name, dtype, shape);
+  uint8_t* out = nullptr;
+  {
+    nb::gil_scoped_release release;
+    resolve_shape(schema, array, 0, 0, target);
+    if (!target.resolved()) {  // no rows: unknown dimensions stay empty
+      for (int64_t& d : target.shape)
+        if (d < 0) d = 0;
+    }
+    out = static_cast<uint8_t*>(std::malloc(std::max<size_t>(64, array.length * target.row_bytes())));
+    if (!out) throw std::bad_alloc();
+    try {
+      convert_rows(schema, array, 0, 0, array.length, target, out);
+    } catch (...) {
+      std::free(out);
+      throw;
+    }
+  }
+  return nb::make_tuple(owned_array(out, array.length, target.shape, target.dtype), target.shape);
+}
+
+class PyCacheWriter {
+ public:
+  PyCacheWriter(const std::string& prefix, const std::vector<std::tuple<std::string, int, std::string,
+                                                                        std::vector<int64_t>>>& columns,
+                int partition_field)
+      : writer_(prefix, make_columns(columns), partition_field) {}
+
+  void write(nb::capsule schema_capsule, nb::capsule array_capsule) {
+    const ArrowSchema& schema = from_capsule<ArrowSchema>(schema_capsule, "arrow_schema");
+    const ArrowArray& array = from_capsule<ArrowArray>(array_capsule, "arrow_array");
+    nb::gil_scoped_release release;
+    writer_.write(schema, array);
+  }
+
+  nb::dict finish() {
+    CacheSummary s;
+    {
+      nb::gil_scoped_release release;
+      s = writer_.finish();
+    }
+    nb::list runs;
+    for (const PartitionRun& r : s.runs) runs.append(nb::make_tuple(r.partition_id, r.start, r.count));
+    nb::dict out;
+    out["rows"] = s.rows;
+    out["runs"] = runs;
+    out["shapes"] = nb::cast(s.shapes);
+    out["files"] = nb::cast(s.files);
+    return out;
+  }
+
+ private:
+  static std::vector<CacheColumn> make_columns(
+      const std::vector<std::tuple<std::string, int, std::string, std::vector<int64_t>>>& columns) {
+    std::vector<CacheColumn> out;
+    for (const auto& [name, field, dtype, shape] : columns) out.push_back({target_of(name, dtype, shape), field});
+    return out;
+  }
+  CacheWriter writer_;
+};
+
+class PyPipeline {
+ public:
+  PyPipeline(const std::vector<std::vector<std::string>>& chunk_files,
+             const std::vector<std::tuple<std::string, std::vector<int64_t>>>& columns,
+             const std::vector<std::vector<std::tuple<int64_t, int64_t, int64_t>>>& partitions, int64_t batch_size,
+             bool shuffle, uint64_t seed, int cycle_length, int num_threads, int prefetch, int64_t first_epoch)
+      : pipeline_(chunk_files, layouts(columns), segments(partitions),
+                  PipelineOptions{batch_size, shuffle, seed, cycle_length, num_threads, prefetch, first_epoch}) {}
+
+  nb::list next() {
+    Batch batch;
+    {
+      nb::gil_scoped_release release;
+      batch = pipeline_.next();
+    }
+    nb::list out;
+    const auto& columns = pipeline_.columns();
+    for (size_t c = 0; c < columns.size(); ++c) {
+      uint8_t* data = batch.buffers[c];
+      batch.buffers[c] = nullptr;  // the NumPy array owns it from here
+      out.append(owned_array(data, batch.rows, columns[c].shape, columns[c].dtype));
+    }
+    return out;
+  }
+
+  nb::dict stats() const {
+    const PipelineStats s = pipeline_.stats();
+    nb::dict out;
+    out["rows"] = s.rows;
+    out["bytes"] = s.bytes;
+    out["batches"] = s.batches;
+    out["consumer_wait_s"] = s.consumer_wait_s;
+    out["gather_s"] = s.gather_s;
+    out["threads"] = s.threads;
+    return out;
+  }
+
+  void close() {
+    nb::gil_scoped_release release;
+    pipeline_.close();
+  }
+
+  Pipeline pipeline_;
+
+ private:
+  static std::vector<ColumnLayout> layouts(const std::vector<std::tuple<std::string, std::vector<int64_t>>>& cols) {
+    std::vector<ColumnLayout> out;
+    for (const auto& [dtype, shape] : cols) out.push_back({parse_dtype(dtype), shape});
+    return out;
+  }
+  static std::vector<std::vector<Segment>> segments(
+      const std::vector<std::vector<std::tuple<int64_t, int64_t, int64_t>>>& partitions) {
+    std::vector<std::vector<Segment>> out;
+    for (const auto& p : partitions) {
+      std::vector<Segment> segs;
+      for (const auto& [chunk, start, count] : p) segs.push_back({chunk, start, count});
+      out.push_back(std::move(segs));
+    }
+    return out;
+  }
+};
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "keras-spark's C++ core: Arrow columns to dense tensors, the local cache, the batch pipeline.";
+  nb::exception<ColumnError>(m, "ColumnError", PyExc_ValueError);
+
+  m.def("to_dense", &to_dense, nb::arg("schema_capsule"), nb::arg("array_capsule"), nb::arg("name"),
+        nb::arg("dtype"), nb::arg("shape"),
+        "One Arrow column -> (dense NumPy array of shape (rows, *shape), resolved shape).");
+
+  nb::class_<PyCacheWriter>(m, "CacheWriter")
+      .def(nb::init<const std::string&,
+                    const std::vector<std::tuple<std::string, int, std::string, std::vector<int64_t>>>&, int>(),
+           nb::arg("path_prefix"), nb::arg("columns"), nb::arg("partition_column"))
+      .def("write", &PyCacheWriter::write, nb::arg("schema_capsule"), nb::arg("array_capsule"))
+      .def("finish", &PyCacheWriter::finish);
+
+  nb::class_<PyPipeline>(m, "Pipeline")
+      .def(nb::init<const std::vector<std::vector<std::string>>&,
+                    const std::vector<std::tuple<std::string, std::vector<int64_t>>>&,
+                    const std::vector<std::vector<std::tuple<int64_t, int64_t, int64_t>>>&, int64_t, bool, uint64_t,
+                    int, int, int, int64_t>(),
+           nb::arg("chunk_files"), nb::arg("columns"), nb::arg("partitions"), nb::arg("batch_size"),
+           nb::arg("shuffle"), nb::arg("seed"), nb::arg("cycle_length"), nb::arg("num_threads"),
+           nb::arg("prefetch"), nb::arg("first_epoch") = 0)
+      .def("next", &PyPipeline::next)
+      .def("stats", &PyPipeline::stats)
+      .def("close", &PyPipeline::close)
+      .def_prop_ro("steps_per_epoch", [](const PyPipeline& p) { return p.pipeline_.steps_per_epoch(); })
+      .def_prop_ro("rows", [](const PyPipeline& p) { return p.pipeline_.rows(); })
+      .def_prop_ro("epoch", [](const PyPipeline& p) { return p.pipeline_.epoch(); })
+      .def_prop_ro("step", [](const PyPipeline& p) { return p.pipeline_.step(); });
+}

@@ -1,0 +1,292 @@
+#include "pipeline.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+
+namespace keras_spark {
+namespace {
+
+constexpr int kRowBits = 40;
+constexpr uint64_t kRowMask = (uint64_t{1} << kRowBits) - 1;
+
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+uint8_t* allocate(size_t bytes) {
+  // 64-byte aligned so NumPy and the backends can use the buffer without copying.
+  void* p = nullptr;
+  if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) throw std::bad_alloc();
+  return static_cast<uint8_t*>(p);
+}
+
+}  // namespace
+
+size_t ColumnLayout::row_bytes() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return static_cast<size_t>(n) * dtype_size(dtype);
+}
+
+Batch::Batch(Batch&& other) noexcept : buffers(std::move(other.buffers)), rows(other.rows) { other.buffers.clear(); }
+Batch& Batch::operator=(Batch&& other) noexcept {
+  for (uint8_t* b : buffers) std::free(b);
+  buffers = std::move(other.buffers);
+  other.buffers.clear();
+  rows = other.rows;
+  return *this;
+}
+Batch::~Batch() {
+  for (uint8_t* b : buffers) std::free(b);
+}
+
+MappedFile::MappedFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw std::runtime_error("cannot open cache file " + path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    throw std::runtime_error("cannot stat cache file " + path);
+  }
+  size_ = static_cast<size_t>(st.st_size);
+  if (size_ > 0) {
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+      ::close(fd);
+      throw std::runtime_error("cannot map cache file " + path);
+    }
+    data_ = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+// ---- BatchPlanner ------------------------------------------------------------------------------
+BatchPlanner::BatchPlanner(std::vector<std::vector<Segment>> partitions, const PipelineOptions& options)
+    : partitions_(std::move(partitions)), options_(options), epoch_(options.first_epoch) {
+  for (const auto& p : partitions_)
+    for (const Segment& s : p) total_rows_ += s.count;
+  start_epoch();
+}
+
+uint64_t BatchPlanner::draw(uint64_t bound) {
+  // Lemire's nearly divisionless bounded draw: the same numbers on every platform.
+  uint64_t x = splitmix64(rng_state_);
+  __uint128_t m = static_cast<__uint128_t>(x) * bound;
+  uint64_t low = static_cast<uint64_t>(m);
+  if (low < bound) {
+    const uint64_t threshold = -bound % bound;
+    while (low < threshold) {
+      x = splitmix64(rng_state_);
+      m = static_cast<__uint128_t>(x) * bound;
+      low = static_cast<uint64_t>(m);
+    }
+  }
+  return static_cast<uint64_t>(m >> 64);
+}
+
+void BatchPlanner::start_epoch() {
+  uint64_t mix = options_.seed;
+  rng_state_ = splitmix64(mix) ^ (static_cast<uint64_t>(epoch_) * 0xD1B54A32D192ED03ull);
+  order_.resize(partitions_.size());
+  for (size_t i = 0; i < order_.size(); ++i) order_[i] = i;
+  if (options_.shuffle)
+    for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[draw(i)]);
+  next_partition_ = 0;
+  served_in_epoch_ = 0;
+  cursor_ = 0;
+  slots_.clear();
+  const size_t cycle = static_cast<size_t>(options_.cycle_length < 1 ? 1 : options_.cycle_length);
+  while (slots_.size() < cycle) {
+    Slot slot;
+    if (!open_next(slot)) break;
+    slots_.push_back(std::move(slot));
+  }
+}
+
+bool BatchPlanner::open_next(Slot& slot) {
+  while (next_partition_ < order_.size()) {
+    const auto& segments = partitions_[order_[next_partition_++]];
+    slot.rows.clear();
+    slot.position = 0;
+    for (const Segment& s : segments)
+      for (int64_t r = 0; r < s.count; ++r)
+        slot.rows.push_back((static_cast<uint64_t>(s.chunk) << kRowBits) | static_cast<uint64_t>(s.start + r));
+    if (slot.rows.empty()) continue;
+    if (options_.shuffle)
+      for (size_t i = slot.rows.size(); i > 1; --i) std::swap(slot.rows[i - 1], slot.rows[draw(i)]);
+    return true;
+  }
+  return false;
+}
+
+void BatchPlanner::next(std::vector<uint64_t>& rows) {
+  rows.clear();
+  if (served_in_epoch_ == total_rows_) {
+    ++epoch_;
+    start_epoch();
+  }
+  while (static_cast<int64_t>(rows.size()) < options_.batch_size && !slots_.empty()) {
+    size_t pick;
+    if (options_.shuffle) {
+      uint64_t total = 0;
+      for (const Slot& s : slots_) total += s.remaining();
+      uint64_t r = draw(total);
+      for (pick = 0; r >= slots_[pick].remaining(); ++pick) r -= slots_[pick].remaining();
+    } else {
+      pick = cursor_;
+      cursor_ = cursor_ + 1;
+    }
+    Slot& slot = slots_[pick];
+    rows.push_back(slot.rows[slot.position++]);
+    ++served_in_epoch_;
+    if (slot.remaining() == 0 && !open_next(slot)) {
+      slots_.erase(slots_.begin() + static_cast<std::ptrdiff_t>(pick));
+      if (!options_.shuffle && cursor_ > pick) --cursor_;
+    }
+    if (!slots_.empty() && cursor_ >= slots_.size()) cursor_ = 0;
+  }
+}
+
+// ---- Pipeline ----------------------------------------------------------------------------------
+Pipeline::Pipeline(const std::vector<std::vector<std::string>>& chunk_files, std::vector<ColumnLayout> columns,
+                   std::vector<std::vector<Segment>> partitions, const PipelineOptions& options)
+    : columns_(std::move(columns)), planner_(std::move(partitions), options), options_(options) {
+  if (options_.batch_size < 1) throw std::invalid_argument("batch_size must be at least 1");
+  if (planner_.total_rows() == 0) throw std::invalid_argument("the pipeline has no rows");
+  for (const auto& files : chunk_files) {
+    if (files.size() != columns_.size())
+      throw std::invalid_argument("each chunk needs one file per column");
+    std::vector<std::unique_ptr<MappedFile>> mapped;
+    for (const std::string& path : files) mapped.push_back(std::make_unique<MappedFile>(path));
+    files_.push_back(std::move(mapped));
+  }
+  steps_per_epoch_ = (planner_.total_rows() + options_.batch_size - 1) / options_.batch_size;
+  const int threads = options_.num_threads < 1 ? 1 : options_.num_threads;
+  if (options_.prefetch < threads) options_.prefetch = threads;
+  stats_.threads = threads;
+  for (int i = 0; i < threads; ++i) workers_.emplace_back(&Pipeline::work, this);
+}
+
+Pipeline::~Pipeline() { close(); }
+
+void Pipeline::close() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_ && workers_.empty()) return;
+    closed_ = true;
+  }
+  space_cv_.notify_all();
+  ready_cv_.notify_all();
+  for (std::thread& t : workers_) t.join();
+  workers_.clear();
+  std::lock_guard<std::mutex> lock(mutex_);
+  ready_.clear();
+}
+
+Batch Pipeline::gather(const std::vector<uint64_t>& rows) {
+  Batch batch;
+  batch.rows = static_cast<int64_t>(rows.size());
+  batch.buffers.reserve(columns_.size());
+  for (size_t c = 0; c < columns_.size(); ++c) {
+    const size_t rb = columns_[c].row_bytes();
+    uint8_t* out = allocate(rb * rows.size());
+    batch.buffers.push_back(out);
+    size_t i = 0;
+    while (i < rows.size()) {
+      // Copy runs of consecutive rows of one file with one memcpy.
+      size_t j = i + 1;
+      while (j < rows.size() && rows[j] == rows[j - 1] + 1) ++j;
+      const MappedFile& f = *files_[rows[i] >> kRowBits][c];
+      const size_t offset = (rows[i] & kRowMask) * rb;
+      if (offset + (j - i) * rb > f.size()) throw std::runtime_error("cache file shorter than its row count");
+      std::memcpy(out + i * rb, f.data() + offset, (j - i) * rb);
+      i = j;
+    }
+  }
+  return batch;
+}
+
+void Pipeline::work() {
+  std::vector<uint64_t> rows;
+  while (true) {
+    int64_t id;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      space_cv_.wait(lock, [&] { return closed_ || planned_ < consumed_ + options_.prefetch; });
+      if (closed_) return;
+      id = planned_++;
+      planner_.next(rows);
+    }
+    const auto start = std::chrono::steady_clock::now();
+    Batch batch;
+    try {
+      batch = gather(rows);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!error_) error_ = std::current_exception();
+      ready_cv_.notify_all();
+      return;
+    }
+    const double took = seconds_since(start);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stats_.gather_s += took;
+      ready_.emplace(id, std::move(batch));
+    }
+    ready_cv_.notify_all();
+  }
+}
+
+Batch Pipeline::next() {
+  const auto start = std::chrono::steady_clock::now();
+  std::unique_lock<std::mutex> lock(mutex_);
+  ready_cv_.wait(lock, [&] { return closed_ || error_ || ready_.count(consumed_) > 0; });
+  if (ready_.count(consumed_) == 0) {
+    if (error_) std::rethrow_exception(error_);
+    throw std::runtime_error("the pipeline is closed");
+  }
+  Batch batch = std::move(ready_[consumed_]);
+  ready_.erase(consumed_);
+  ++consumed_;
+  stats_.consumer_wait_s += seconds_since(start);
+  stats_.rows += batch.rows;
+  stats_.batches += 1;
+  for (const ColumnLayout& c : columns_) stats_.bytes += static_cast<int64_t>(c.row_bytes()) * batch.rows;
+  lock.unlock();
+  space_cv_.notify_all();
+  return batch;
+}
+
+int64_t Pipeline::epoch() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return options_.first_epoch + consumed_ / steps_per_epoch_;
+}
+
+int64_t Pipeline::step() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return consumed_ % steps_per_epoch_;
+}
+
+PipelineStats Pipeline::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
+}
+
+}  // namespace keras_spark

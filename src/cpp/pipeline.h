@@ -1,0 +1,145 @@
+// Pipeline: endless batches from the memory-mapped cache, epoch after epoch.
+//
+// A planner (sequential, cheap) decides which rows form each batch: partitions are
+// opened `cycle_length` at a time and interleaved, in order or, when shuffling, in a
+// seeded per-epoch order with rows drawn at random across the open partitions. Worker
+// threads gather the planned rows into fresh buffers in parallel; the consumer takes
+// batches strictly in order, at most `prefetch` ahead.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "columns.h"
+
+namespace keras_spark {
+
+struct Segment {
+  int64_t chunk;
+  int64_t start;
+  int64_t count;
+};
+
+struct ColumnLayout {
+  DType dtype;
+  std::vector<int64_t> shape;  // resolved per-row shape
+  size_t row_bytes() const;
+};
+
+struct PipelineOptions {
+  int64_t batch_size = 32;
+  bool shuffle = true;
+  uint64_t seed = 0;
+  int cycle_length = 1;
+  int num_threads = 1;
+  int prefetch = 4;
+  int64_t first_epoch = 0;
+};
+
+// A batch: one buffer per column (the caller takes ownership of each), `rows` rows each.
+struct Batch {
+  std::vector<uint8_t*> buffers;
+  int64_t rows = 0;
+  Batch() = default;
+  Batch(Batch&& other) noexcept;
+  Batch& operator=(Batch&& other) noexcept;
+  ~Batch();
+};
+
+struct PipelineStats {
+  int64_t rows = 0, bytes = 0, batches = 0;
+  double consumer_wait_s = 0, gather_s = 0;
+  int threads = 0;
+};
+
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Which rows go in each batch; deterministic for a given seed.
+class BatchPlanner {
+ public:
+  BatchPlanner(std::vector<std::vector<Segment>> partitions, const PipelineOptions& options);
+  // Row references (chunk << 40 | row) of the next batch; a batch never spans two epochs.
+  void next(std::vector<uint64_t>& rows);
+  int64_t total_rows() const { return total_rows_; }
+
+ private:
+  struct Slot {
+    std::vector<uint64_t> rows;
+    size_t position = 0;
+    size_t remaining() const { return rows.size() - position; }
+  };
+  void start_epoch();
+  bool open_next(Slot& slot);
+  uint64_t draw(uint64_t bound);
+
+  std::vector<std::vector<Segment>> partitions_;
+  PipelineOptions options_;
+  int64_t total_rows_ = 0;
+  int64_t epoch_;
+  int64_t served_in_epoch_ = 0;
+  std::vector<size_t> order_;
+  size_t next_partition_ = 0;
+  std::vector<Slot> slots_;
+  size_t cursor_ = 0;
+  uint64_t rng_state_ = 0;
+};
+
+class Pipeline {
+ public:
+  Pipeline(const std::vector<std::vector<std::string>>& chunk_files, std::vector<ColumnLayout> columns,
+           std::vector<std::vector<Segment>> partitions, const PipelineOptions& options);
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  Batch next();  // blocks until the next batch in order is ready; rethrows worker errors
+  void close();
+
+  int64_t steps_per_epoch() const { return steps_per_epoch_; }
+  int64_t rows() const { return planner_.total_rows(); }
+  int64_t epoch() const;
+  int64_t step() const;
+  const std::vector<ColumnLayout>& columns() const { return columns_; }
+  PipelineStats stats() const;
+
+ private:
+  void work();
+  Batch gather(const std::vector<uint64_t>& rows);
+
+  std::vector<ColumnLayout> columns_;
+  std::vector<std::vector<std::unique_ptr<MappedFile>>> files_;  // [chunk][column]
+  BatchPlanner planner_;
+  PipelineOptions options_;
+  int64_t steps_per_epoch_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable ready_cv_, space_cv_;
+  std::map<int64_t, Batch> ready_;
+  int64_t planned_ = 0, consumed_ = 0;
+  bool closed_ = false;
+  std::exception_ptr error_;
+  std::vector<std::thread> workers_;
+  PipelineStats stats_;
+};
+
+}  // namespace keras_spark
