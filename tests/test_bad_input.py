@@ -12,6 +12,8 @@ from keras_spark.models import KerasSparkModel
 def _model(shape=(4,), name="x", label="y"):
     x = keras.Input(shape=shape, name=name)
     flat = keras.layers.Flatten()(x) if len(shape) > 1 else x
+    if None in shape:  # a variable-length input: average it to one number
+        flat = keras.layers.GlobalAveragePooling1D()(keras.layers.Reshape((-1, 1))(x))
     model = KerasSparkModel(x, keras.layers.Dense(1, name=label)(flat))
     model.compile("sgd", "mse")
     return model

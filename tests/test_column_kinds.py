@@ -54,7 +54,8 @@ def test_integer_column_feeds_an_integer_input(spark):
 @pytest.mark.parametrize("element", [T.FloatType(), T.DoubleType(), T.IntegerType()], ids=str)
 def test_arrays_of_numbers(spark, element):
     schema = T.StructType([T.StructField("v", T.ArrayType(element)), T.StructField("partition_id", T.IntegerType())])
-    rows = [([1, 2, 3], 0), ([4, 5, 6], 0)]
+    cast = int if isinstance(element, T.IntegerType) else float
+    rows = [([cast(v) for v in (1, 2, 3)], 0), ([cast(v) for v in (4, 5, 6)], 0)]
     got = _first_batch(spark, rows, schema, (3,))
     np.testing.assert_array_equal(got, np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32))
 

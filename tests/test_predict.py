@@ -78,6 +78,7 @@ def test_several_inputs_and_outputs_are_matched_by_name(spark):
     model = KerasSparkModel([b, a], [t2, t1])
     model.compile("adam", {"t1": "mse", "t2": "mae"})
     xs, bs, y1, y2 = to_numpy(df, "x", "b", "t1", "t2")
+    bs = bs.reshape(-1, 1)  # the input is (1,) wide, as the feed gives it
     expected = model.evaluate([bs, xs], [y2, y1], batch_size=100, verbose=0, return_dict=True)
     assert model.evaluate(df, batch_size=100, verbose=0, return_dict=True) == pytest.approx(expected, rel=1e-5)
     history = model.fit(df, batch_size=100, epochs=3, verbose=0)

@@ -9,7 +9,6 @@ tf.data.Dataset, a JAX iterator or a torch DataLoader.
 
 from __future__ import annotations
 
-import math
 import os
 
 import keras
@@ -52,11 +51,12 @@ class BatchFeed:
         self._outputs_struct = model._outputs_struct
 
     def _pack(self, arrays):
+        # Tuples, not lists: tf.data reads a list as one tensor to stack.
         x = keras.tree.pack_sequence_as(self._inputs_struct, [arrays[i] for i in self._input_positions])
         if not self._label_positions:
-            return (x,)
+            return (keras.tree.lists_to_tuples(x),)
         y = keras.tree.pack_sequence_as(self._outputs_struct, [arrays[i] for i in self._label_positions])
-        return x, y
+        return keras.tree.lists_to_tuples(x), keras.tree.lists_to_tuples(y)
 
     def __iter__(self):
         while True:
@@ -68,7 +68,3 @@ class BatchFeed:
 
     def close(self) -> None:
         self.pipeline.close()
-
-
-def steps_for(rows: int, batch_size: int) -> int:
-    return math.ceil(rows / batch_size)
