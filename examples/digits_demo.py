@@ -54,7 +54,7 @@ def small_convnet():
 def main():
     keras.utils.set_random_seed(0)
     spark = SparkSession.builder.master("local[2]").appName("keras-spark-demo") \
-        .config("spark.ui.enabled", "false").getOrCreate()
+        .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     df = digits_frame(spark).cache()
     train, held_out = df.filter(~F.col("held_out")), df.filter(F.col("held_out"))
