@@ -146,3 +146,23 @@ def test_loss_goes_down(spark):
     model = regression_model()
     history = model.fit(df, batch_size=32, epochs=5, verbose=0)
     assert history.history["loss"][-1] < 0.2 * history.history["loss"][0]
+
+
+def test_tensorflow_adapter_serves_the_same_batches_as_single_pulls(spark):
+    from keras_spark.feed import _tf_dataset
+
+    df = numeric_frame(spark, rows=1000, partitions=3)
+    model = _id_model()
+    cached = extract(df, bind_inputs(model, df.schema), "partition_id")
+    try:
+        single = BatchFeed(model, cached, batch_size=48, shuffle=True, seed=3, num_parallel_calls=2)
+        pulled = BatchFeed(model, cached, batch_size=48, shuffle=True, seed=3, num_parallel_calls=2,
+                           batches_per_pull=5)
+        plain, sliced = iter(single), iter(_tf_dataset(pulled))
+        for _ in range(2 * single.steps_per_epoch):  # two epochs, with the partial batch between
+            (a,), (b,) = next(plain), next(sliced)
+            np.testing.assert_array_equal(a, b.numpy())
+        single.close()
+        pulled.close()
+    finally:
+        cached.remove()

@@ -1,20 +1,29 @@
-"""Core batches -> what `Model.fit` takes, in the model's own input and output structure.
+"""Core batches -> what `Model.fit` takes for the active backend, in the model's own structure.
 
-Keras reads a generator once and never restarts it (it peeks two batches for
-shapes and chains them back), so the feed is endless and `fit` is given
-`steps_per_epoch` from the known row count: each epoch is exactly one pass. One
-generator serves all three backends: Keras's own adapters turn it into a
-tf.data.Dataset, a JAX iterator or a torch DataLoader.
+Keras reads its input once and never restarts it (it peeks two batches of a
+generator for shapes and chains them back), so a feed is endless and `fit` is
+given `steps_per_epoch` from the known row count: each epoch is exactly one pass.
+
+One way in (`BatchFeed`), one small adapter per backend (`keras_input`):
+- TensorFlow: a `tf.data.Dataset` that pulls `batches_per_pull` batches from the core
+  at once and slices them back into batches inside tf.data, so the Python call per
+  pull is paid once per several steps. The rows and their order are exactly those of
+  single batches: the core's plan is one row stream cut into batch-sized pieces.
+- JAX and PyTorch: a plain generator, which Keras's own adapters turn into a JAX
+  iterator or a torch DataLoader.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import keras
 
 from keras_spark import _core
 from keras_spark.spark.extract import CachedData
+
+TF_BATCHES_PER_PULL = 16
 
 
 def default_parallelism(num_parallel_calls: int | None, partitions: int) -> int:
@@ -23,44 +32,58 @@ def default_parallelism(num_parallel_calls: int | None, partitions: int) -> int:
     return max(1, min(wanted, partitions))
 
 
+def _packer(struct, positions: list[int]):
+    """A function from the core's column list to the model's structure (tuples, never lists)."""
+    if isinstance(struct, (list, tuple)) and all(keras.tree.is_nested(s) is False for s in struct):
+        return lambda arrays: tuple(arrays[i] for i in positions)
+    if not keras.tree.is_nested(struct):
+        (only,) = positions
+        return lambda arrays: arrays[only]
+
+    def pack(arrays):
+        # tf.data reads a list as one tensor to stack, so nested lists become tuples.
+        return keras.tree.lists_to_tuples(keras.tree.pack_sequence_as(struct, [arrays[i] for i in positions]))
+
+    return pack
+
+
 class BatchFeed:
     """Endless (x, y) batches of a cached DataFrame from the C++ pipeline.
 
     Example:
         feed = BatchFeed(model, cached, batch_size=32, shuffle=True, seed=7)
-        model.fit(iter(feed), steps_per_epoch=feed.steps_per_epoch, epochs=3)
+        model.fit(keras_input(feed), steps_per_epoch=feed.steps_per_epoch, epochs=3)
     """
 
     def __init__(self, model, cached: CachedData, *, batch_size: int, shuffle: bool, seed: int,
-                 num_parallel_calls: int | None = None, first_epoch: int = 0, prefetch: int | None = None):
+                 num_parallel_calls: int | None = None, first_epoch: int = 0, batches_per_pull: int = 1):
         cycle = default_parallelism(num_parallel_calls, len(cached.partitions))
         threads = max(1, min(cycle, os.cpu_count() or 1))
+        self.batch_size = int(batch_size)
+        self.batches_per_pull = int(batches_per_pull)
         self.pipeline = _core.Pipeline(
-            cached.chunk_files, cached.column_specs(), cached.partitions, int(batch_size), bool(shuffle),
-            int(seed), cycle, threads, prefetch or 2 * threads + 2, int(first_epoch),
+            cached.chunk_files, cached.column_specs(), cached.partitions, self.batch_size * self.batches_per_pull,
+            bool(shuffle), int(seed), cycle, threads, 2 * threads + 2, int(first_epoch),
         )
-        self.steps_per_epoch = self.pipeline.steps_per_epoch
         self.rows = cached.rows
-        roles = [b.role for b in cached.bindings]
+        self.steps_per_epoch = math.ceil(cached.rows / self.batch_size)
+        self.columns = cached.column_specs()
         names = [b.keras_name for b in cached.bindings]
-        self._input_positions = [names.index(t.name) for t in model.inputs]
-        self._inputs_struct = model._inputs_struct
-        self._label_positions = [i for i, role in enumerate(roles) if role == "label"]
-        if self._label_positions:
-            self._label_positions = [names.index(n) for n in model.output_names]
-        self._outputs_struct = model._outputs_struct
+        self._inputs = _packer(model._inputs_struct, [names.index(t.name) for t in model.inputs])
+        self.structure = (model._inputs_struct,)
+        self._labels = None
+        if any(b.role == "label" for b in cached.bindings):
+            self._labels = _packer(model._outputs_struct, [names.index(n) for n in model.output_names])
+            self.structure = (model._inputs_struct, model._outputs_struct)
 
-    def _pack(self, arrays):
-        # Tuples, not lists: tf.data reads a list as one tensor to stack.
-        x = keras.tree.pack_sequence_as(self._inputs_struct, [arrays[i] for i in self._input_positions])
-        if not self._label_positions:
-            return (keras.tree.lists_to_tuples(x),)
-        y = keras.tree.pack_sequence_as(self._outputs_struct, [arrays[i] for i in self._label_positions])
-        return keras.tree.lists_to_tuples(x), keras.tree.lists_to_tuples(y)
+    def pack(self, arrays):
+        if self._labels is None:
+            return (self._inputs(arrays),)
+        return self._inputs(arrays), self._labels(arrays)
 
     def __iter__(self):
         while True:
-            yield self._pack(self.pipeline.next())
+            yield self.pack(self.pipeline.next())
 
     def stats(self) -> dict:
         """Where the time went: rows and bytes served, time Keras waited, time spent gathering."""
@@ -68,3 +91,39 @@ class BatchFeed:
 
     def close(self) -> None:
         self.pipeline.close()
+
+
+def _tf_dataset(feed: BatchFeed):
+    import tensorflow as tf
+
+    specs = [tf.TensorSpec((None, *shape), tf.as_dtype(dtype)) for dtype, shape in feed.columns]
+    signature = feed.pack(specs)
+    size = feed.batch_size
+
+    def split(*pulled):
+        rows = tf.shape(tf.nest.flatten(pulled)[0], out_type=tf.int64)[0]
+        steps = (rows + size - 1) // size
+        return tf.data.Dataset.range(steps).map(
+            lambda i: tf.nest.map_structure(lambda t: t[i * size:(i + 1) * size], pulled),
+            num_parallel_calls=None, deterministic=True,
+        )
+
+    dataset = tf.data.Dataset.from_generator(lambda: iter(feed), output_signature=signature)
+    return dataset.flat_map(split).prefetch(2 * feed.batches_per_pull)
+
+
+def _generator(feed: BatchFeed):
+    return iter(feed)
+
+
+_ADAPTERS = {"tensorflow": _tf_dataset}
+
+
+def batches_per_pull() -> int:
+    """How many batches the active backend's adapter takes from the core at once."""
+    return TF_BATCHES_PER_PULL if keras.backend.backend() == "tensorflow" else 1
+
+
+def keras_input(feed: BatchFeed):
+    """What to pass to Keras's fit/evaluate as `x` for the active backend."""
+    return _ADAPTERS.get(keras.backend.backend(), _generator)(feed)

@@ -14,7 +14,9 @@ import keras
 
 from keras_spark import binding
 from keras_spark.errors import BindingError
-from keras_spark.feed import BatchFeed
+import time
+
+from keras_spark.feed import BatchFeed, batches_per_pull, keras_input
 from keras_spark.spark import is_spark_dataframe
 from keras_spark.spark.extract import extract
 
@@ -42,7 +44,17 @@ def _cached(df, bindings, partition_col, cache_dir):
 
 
 def _feed(model, cached, batch_size, **kwargs) -> BatchFeed:
-    return BatchFeed(model, cached, batch_size=batch_size, **kwargs)
+    return BatchFeed(model, cached, batch_size=batch_size, batches_per_pull=batches_per_pull(), **kwargs)
+
+
+def _report(stats: dict) -> str:
+    waited = stats["consumer_wait_s"] / max(stats["train_s"], 1e-9)
+    verdict = "input-bound" if waited > 0.2 else "not input-bound"
+    return (
+        f"keras-spark: Spark pass {stats['spark_pass_s']:.2f}s; {stats['rows']:,} rows "
+        f"({stats['bytes'] / 1e6:,.1f} MB) served in {stats['batches']:,} pulls; training {stats['train_s']:.2f}s, "
+        f"of which waiting for data {stats['consumer_wait_s']:.3f}s ({waited:.1%}): {verdict}"
+    )
 
 
 def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, partition_col="partition_id",
@@ -59,7 +71,9 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     val_bindings = _bind(model, validation_data, partition_col, True) if spark_validation else None
     seed = random.getrandbits(63)  # keras.utils.set_random_seed seeds `random`
 
+    verbose = keras_kwargs.get("verbose", "auto")
     with contextlib.ExitStack() as stack:
+        started = time.perf_counter()
         cached = stack.enter_context(_cached(df, train_bindings, partition_col, cache_dir))
         if spark_validation:
             val_cached = stack.enter_context(_cached(validation_data, val_bindings, partition_col, cache_dir))
@@ -70,13 +84,17 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
             val_feed = _feed(model, val_cached, validation_batch_size or batch_size, shuffle=False, seed=0,
                              num_parallel_calls=num_parallel_calls)
             stack.callback(val_feed.close)
-            validation_data, validation_steps = iter(val_feed), validation_steps or val_feed.steps_per_epoch
+            validation_data, validation_steps = keras_input(val_feed), validation_steps or val_feed.steps_per_epoch
+        spark_pass_s = time.perf_counter() - started
         history = super_fit(
-            iter(feed), epochs=epochs, steps_per_epoch=steps_per_epoch or feed.steps_per_epoch,
+            keras_input(feed), epochs=epochs, steps_per_epoch=steps_per_epoch or feed.steps_per_epoch,
             validation_data=validation_data, validation_steps=validation_steps, initial_epoch=initial_epoch,
             shuffle=False, **keras_kwargs,
         )
-        model.data_stats = feed.stats()
+        model.data_stats = dict(feed.stats(), spark_pass_s=spark_pass_s,
+                                train_s=time.perf_counter() - started - spark_pass_s)
+    if verbose not in (0, "silent"):
+        print(_report(model.data_stats))
     return history
 
 
@@ -89,6 +107,6 @@ def evaluate_dataframe(model, df, *, y=None, batch_size=None, super_evaluate, pa
     with _cached(df, bindings, partition_col, cache_dir) as cached:
         feed = _feed(model, cached, int(batch_size or 32), shuffle=False, seed=0, num_parallel_calls=1)
         try:
-            return super_evaluate(iter(feed), steps=steps or feed.steps_per_epoch, **keras_kwargs)
+            return super_evaluate(keras_input(feed), steps=steps or feed.steps_per_epoch, **keras_kwargs)
         finally:
             feed.close()
