@@ -89,12 +89,20 @@ def run_seed_style(spark, df, columns, workload, partitions, max_partitions):
             "rows_per_s": rows / seconds}
 
 
+def medians(runs: list[dict]) -> dict:
+    keys = ("first_epoch_s", "later_epoch_s")
+    out = {k: median([r[k] for r in runs]) for k in keys}
+    out["runs"] = runs
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--workload", choices=["w1", "w2"], default="w1")
     parser.add_argument("--rows", type=int, default=None)
     parser.add_argument("--partitions", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed-style-partitions", type=int, default=4,
                         help="partition ids the (slow) seed-style contender reads; its rows/s is reported")
     parser.add_argument("--name", default=None)
@@ -106,12 +114,20 @@ def main():
     df.count()
     x, y = to_numpy(df, *columns)
 
-    limit = run_limit(x, y, args.workload, args.epochs)
-    ours = run_ours(df, args.workload, args.epochs, args.partitions)
+    # Warm-up: Spark's Python workers, TensorFlow's first tracing.
+    small = df.filter(df.partition_id < 2)
+    run_ours(small, args.workload, 1, args.partitions)
+    run_limit(x[:10_000], y[:10_000], args.workload, 1)
+    limit_runs, our_runs = [], []
+    for _ in range(args.repeat):
+        limit_runs.append(run_limit(x, y, args.workload, args.epochs))
+        our_runs.append(run_ours(df, args.workload, args.epochs, args.partitions))
+    limit, ours = medians(limit_runs), medians(our_runs)
     seed = run_seed_style(spark, df, columns, args.workload, args.partitions, args.seed_style_partitions)
     ours_rows_s = rows / ours["later_epoch_s"]
     emit(args.name or f"fit_{args.workload}", {
         "workload": args.workload, "rows": rows, "partitions": args.partitions, "batch_size": BATCH,
+        "epochs": args.epochs, "repeat": args.repeat,
         "limit_numpy": limit, "keras_spark": ours, "seed_style": seed,
         "ratios": {
             "later_epoch_vs_limit": ours["later_epoch_s"] / limit["later_epoch_s"],
