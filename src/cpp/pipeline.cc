@@ -125,6 +125,9 @@ bool BatchPlanner::open_next(Slot& slot) {
     const auto& segments = partitions_[order_[next_partition_++]];
     slot.rows.clear();
     slot.position = 0;
+    int64_t count = 0;
+    for (const Segment& s : segments) count += s.count;
+    slot.rows.reserve(static_cast<size_t>(count));
     for (const Segment& s : segments)
       for (int64_t r = 0; r < s.count; ++r)
         slot.rows.push_back((static_cast<uint64_t>(s.chunk) << kRowBits) | static_cast<uint64_t>(s.start + r));
@@ -200,6 +203,19 @@ void Pipeline::close() {
   ready_.clear();
 }
 
+namespace {
+
+// Copies of one row: fixed small sizes compile to plain loads and stores.
+template <size_t N>
+void copy_rows(uint8_t* out, const uint8_t* base, const uint64_t* rows, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    if (i + 8 < n) __builtin_prefetch(base + (rows[i + 8] & kRowMask) * N);
+    std::memcpy(out + i * N, base + (rows[i] & kRowMask) * N, N);
+  }
+}
+
+}  // namespace
+
 Batch Pipeline::gather(const std::vector<uint64_t>& rows) {
   Batch batch;
   batch.rows = static_cast<int64_t>(rows.size());
@@ -210,13 +226,36 @@ Batch Pipeline::gather(const std::vector<uint64_t>& rows) {
     batch.buffers.push_back(out);
     size_t i = 0;
     while (i < rows.size()) {
-      // Copy runs of consecutive rows of one file with one memcpy.
+      // One stretch of rows from one file: a run of consecutive rows is one memcpy,
+      // scattered rows are copied with the next rows prefetched (random gathers are latency-bound).
+      const uint64_t chunk = rows[i] >> kRowBits;
       size_t j = i + 1;
-      while (j < rows.size() && rows[j] == rows[j - 1] + 1) ++j;
-      const MappedFile& f = *files_[rows[i] >> kRowBits][c];
-      const size_t offset = (rows[i] & kRowMask) * rb;
-      if (offset + (j - i) * rb > f.size()) throw std::runtime_error("cache file shorter than its row count");
-      std::memcpy(out + i * rb, f.data() + offset, (j - i) * rb);
+      bool consecutive = true;
+      while (j < rows.size() && (rows[j] >> kRowBits) == chunk) {
+        consecutive = consecutive && rows[j] == rows[j - 1] + 1;
+        ++j;
+      }
+      const MappedFile& f = *files_[chunk][c];
+      for (size_t k = i; k < j; ++k)
+        if (((rows[k] & kRowMask) + 1) * rb > f.size()) throw std::runtime_error("cache file shorter than its rows");
+      const uint8_t* base = f.data();
+      uint8_t* dst = out + i * rb;
+      if (consecutive) {
+        std::memcpy(dst, base + (rows[i] & kRowMask) * rb, (j - i) * rb);
+      } else {
+        switch (rb) {
+          case 4: copy_rows<4>(dst, base, rows.data() + i, j - i); break;
+          case 8: copy_rows<8>(dst, base, rows.data() + i, j - i); break;
+          case 16: copy_rows<16>(dst, base, rows.data() + i, j - i); break;
+          case 64: copy_rows<64>(dst, base, rows.data() + i, j - i); break;
+          case 128: copy_rows<128>(dst, base, rows.data() + i, j - i); break;
+          default:
+            for (size_t k = i; k < j; ++k) {
+              if (k + 8 < j) __builtin_prefetch(base + (rows[k + 8] & kRowMask) * rb);
+              std::memcpy(out + k * rb, base + (rows[k] & kRowMask) * rb, rb);
+            }
+        }
+      }
       i = j;
     }
   }
@@ -228,10 +267,15 @@ void Pipeline::work() {
   while (true) {
     int64_t id;
     {
-      std::unique_lock<std::mutex> lock(mutex_);
-      space_cv_.wait(lock, [&] { return closed_ || planned_ < consumed_ + options_.prefetch; });
-      if (closed_) return;
-      id = planned_++;
+      // Planning is sequential (batch ids in order) but holds only plan_mutex_, so the
+      // consumer and the other workers' hand-offs never wait for it.
+      std::lock_guard<std::mutex> plan_lock(plan_mutex_);
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        space_cv_.wait(lock, [&] { return closed_ || planned_ < consumed_ + options_.prefetch; });
+        if (closed_) return;
+        id = planned_++;
+      }
       planner_.next(rows);
     }
     const auto start = std::chrono::steady_clock::now();

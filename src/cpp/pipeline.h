@@ -132,6 +132,7 @@ class Pipeline {
   PipelineOptions options_;
   int64_t steps_per_epoch_;
 
+  std::mutex plan_mutex_;  // guards planner_
   mutable std::mutex mutex_;
   std::condition_variable ready_cv_, space_cv_;
   std::map<int64_t, Batch> ready_;
