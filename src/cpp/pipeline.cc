@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -73,6 +74,13 @@ MappedFile::MappedFile(const std::string& path) {
   ::close(fd);
 }
 
+void MappedFile::release(size_t offset, size_t bytes) const {
+  static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t begin = (offset + page - 1) / page * page;  // whole pages inside the range only
+  const size_t end = std::min(size_, offset + bytes) / page * page;
+  if (data_ && end > begin) ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_DONTNEED);
+}
+
 MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
@@ -122,7 +130,8 @@ void BatchPlanner::start_epoch() {
 
 bool BatchPlanner::open_next(Slot& slot) {
   while (next_partition_ < order_.size()) {
-    const auto& segments = partitions_[order_[next_partition_++]];
+    slot.partition = order_[next_partition_++];
+    const auto& segments = partitions_[slot.partition];
     slot.rows.clear();
     slot.position = 0;
     int64_t count = 0;
@@ -159,12 +168,19 @@ void BatchPlanner::next(std::vector<uint64_t>& rows) {
     Slot& slot = slots_[pick];
     rows.push_back(slot.rows[slot.position++]);
     ++served_in_epoch_;
+    if (slot.remaining() == 0) finished_.push_back(slot.partition);
     if (slot.remaining() == 0 && !open_next(slot)) {
       slots_.erase(slots_.begin() + static_cast<std::ptrdiff_t>(pick));
       if (!options_.shuffle && cursor_ > pick) --cursor_;
     }
     if (!slots_.empty() && cursor_ >= slots_.size()) cursor_ = 0;
   }
+}
+
+std::vector<size_t> BatchPlanner::take_finished() {
+  std::vector<size_t> out;
+  out.swap(finished_);
+  return out;
 }
 
 // ---- Pipeline ----------------------------------------------------------------------------------
@@ -262,6 +278,15 @@ Batch Pipeline::gather(const std::vector<uint64_t>& rows) {
   return batch;
 }
 
+void Pipeline::release(const std::vector<size_t>& partitions) const {
+  for (size_t p : partitions)
+    for (const Segment& s : planner_.segments(p))
+      for (size_t c = 0; c < columns_.size(); ++c) {
+        const size_t rb = columns_[c].row_bytes();
+        files_[s.chunk][c]->release(static_cast<size_t>(s.start) * rb, static_cast<size_t>(s.count) * rb);
+      }
+}
+
 void Pipeline::work() {
   std::vector<uint64_t> rows;
   while (true) {
@@ -277,6 +302,13 @@ void Pipeline::work() {
         id = planned_++;
       }
       planner_.next(rows);
+      std::vector<size_t> finished = planner_.take_finished();
+      if (!finished.empty()) {
+        // Released once this batch is consumed: earlier batches still gathering those rows
+        // would fault the pages straight back in.
+        std::lock_guard<std::mutex> lock(mutex_);
+        to_release_.emplace_back(id, std::move(finished));
+      }
     }
     const auto start = std::chrono::steady_clock::now();
     Batch batch;
@@ -308,6 +340,11 @@ Batch Pipeline::next() {
   }
   Batch batch = std::move(ready_[consumed_]);
   ready_.erase(consumed_);
+  std::vector<size_t> done;
+  while (!to_release_.empty() && to_release_.front().first <= consumed_) {
+    done.insert(done.end(), to_release_.front().second.begin(), to_release_.front().second.end());
+    to_release_.pop_front();
+  }
   ++consumed_;
   stats_.consumer_wait_s += seconds_since(start);
   stats_.rows += batch.rows;
@@ -315,6 +352,7 @@ Batch Pipeline::next() {
   for (const ColumnLayout& c : columns_) stats_.bytes += static_cast<int64_t>(c.row_bytes()) * batch.rows;
   lock.unlock();
   space_cv_.notify_all();
+  if (!done.empty()) release(done);
   return batch;
 }
 

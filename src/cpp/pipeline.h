@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <cstdint>
 #include <exception>
 #include <map>
@@ -68,6 +69,9 @@ class MappedFile {
   MappedFile& operator=(const MappedFile&) = delete;
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
+  // Drops this process's mapping of [offset, offset + bytes) (the page cache keeps the
+  // data; a later read faults it back in), so resident memory tracks the open partitions.
+  void release(size_t offset, size_t bytes) const;
 
  private:
   const uint8_t* data_ = nullptr;
@@ -81,9 +85,13 @@ class BatchPlanner {
   // Row references (chunk << 40 | row) of the next batch; a batch never spans two epochs.
   void next(std::vector<uint64_t>& rows);
   int64_t total_rows() const { return total_rows_; }
+  // Partitions whose rows have all been planned since the last call (their pages can go).
+  std::vector<size_t> take_finished();
+  const std::vector<Segment>& segments(size_t partition) const { return partitions_[partition]; }
 
  private:
   struct Slot {
+    size_t partition = 0;
     std::vector<uint64_t> rows;
     size_t position = 0;
     size_t remaining() const { return rows.size() - position; }
@@ -102,6 +110,7 @@ class BatchPlanner {
   std::vector<Slot> slots_;
   size_t cursor_ = 0;
   uint64_t rng_state_ = 0;
+  std::vector<size_t> finished_;
 };
 
 class Pipeline {
@@ -125,6 +134,7 @@ class Pipeline {
  private:
   void work();
   Batch gather(const std::vector<uint64_t>& rows);
+  void release(const std::vector<size_t>& partitions) const;
 
   std::vector<ColumnLayout> columns_;
   std::vector<std::vector<std::unique_ptr<MappedFile>>> files_;  // [chunk][column]
@@ -136,6 +146,7 @@ class Pipeline {
   mutable std::mutex mutex_;
   std::condition_variable ready_cv_, space_cv_;
   std::map<int64_t, Batch> ready_;
+  std::deque<std::pair<int64_t, std::vector<size_t>>> to_release_;  // (batch id, finished partitions)
   int64_t planned_ = 0, consumed_ = 0;
   bool closed_ = false;
   std::exception_ptr error_;

@@ -104,8 +104,7 @@ def _tf_dataset(feed: BatchFeed):
         rows = tf.shape(tf.nest.flatten(pulled)[0], out_type=tf.int64)[0]
         steps = (rows + size - 1) // size
         return tf.data.Dataset.range(steps).map(
-            lambda i: tf.nest.map_structure(lambda t: t[i * size:(i + 1) * size], pulled),
-            num_parallel_calls=None, deterministic=True,
+            lambda i: tf.nest.map_structure(lambda t: t[i * size:(i + 1) * size], pulled)
         )
 
     dataset = tf.data.Dataset.from_generator(lambda: iter(feed), output_signature=signature)
