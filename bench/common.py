@@ -86,13 +86,14 @@ class EpochTimer:
         class _Timer(keras.callbacks.Callback):
             def __init__(self):
                 super().__init__()
-                self.times = []
+                self.times, self.ended_at = [], []
 
             def on_epoch_begin(self, epoch, logs=None):
                 self._start = time.perf_counter()
 
             def on_epoch_end(self, epoch, logs=None):
-                self.times.append(time.perf_counter() - self._start)
+                self.ended_at.append(time.perf_counter())
+                self.times.append(self.ended_at[-1] - self._start)
 
         return _Timer()
 

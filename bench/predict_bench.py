@@ -9,7 +9,10 @@ scored DataFrame is written to Spark's `noop` sink so nothing is collected.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 
 from common import emit, float_features, spark_session, timed, to_numpy
@@ -52,29 +55,48 @@ def predict_batch_udf_column(model_path: str):
                              input_tensor_shapes=[[32]])
 
 
+def measure(contender: str, rows: int, repeat: int) -> float:
+    """Median seconds of one contender, in this process's own SparkSession (fresh Python workers)."""
+    spark = spark_session(f"bench-predict-{contender}")
+    df = float_features(spark, rows, 32, 16).select("id", "partition_id", "x").cache()
+    df.count()
+    model = mlp()
+    if contender == "limit_numpy":
+        (x,) = to_numpy(df, "x")
+        seconds, _ = timed(lambda: model.predict(x, batch_size=BATCH, verbose=0), repeat=repeat)
+    elif contender == "keras_spark":
+        seconds, _ = timed(lambda: noop(model.predict(df, batch_size=BATCH)), repeat=repeat)
+    else:
+        path = os.path.join(tempfile.mkdtemp(), "model.keras")
+        model.save(path)
+        udf = predict_batch_udf_column(path)
+        seconds, _ = timed(lambda: noop(df.withColumn("pred", udf("x"))), repeat=repeat)
+    return seconds
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", default=None, help="measure one contender and print its seconds")
     args = parser.parse_args()
-    spark = spark_session("bench-predict")
-    df = float_features(spark, args.rows, 32, 16).select("id", "partition_id", "x").cache()
-    df.count()
-    model = mlp()
-    (x,) = to_numpy(df, "x")
-
-    limit_s, _ = timed(lambda: model.predict(x, batch_size=BATCH, verbose=0), repeat=args.repeat)
-    ours_s, _ = timed(lambda: noop(model.predict(df, batch_size=BATCH)), repeat=args.repeat)
-    path = os.path.join(tempfile.mkdtemp(), "model.keras")
-    model.save(path)
-    udf = predict_batch_udf_column(path)
-    udf_s, _ = timed(lambda: noop(df.withColumn("pred", udf("x"))), repeat=args.repeat)
+    if args.only:
+        print(json.dumps({"seconds": measure(args.only, args.rows, args.repeat)}))
+        return
+    # Each contender runs in its own process: Spark reuses Python workers across jobs, and
+    # what one contender leaves in them (imports, a frozen collector) must not help another.
+    seconds = {}
+    for contender in ("keras_spark", "predict_batch_udf", "limit_numpy"):
+        done = subprocess.run([sys.executable, __file__, "--only", contender, "--rows", str(args.rows),
+                               "--repeat", str(args.repeat)], capture_output=True, text=True, check=True)
+        seconds[contender] = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
     rows = args.rows
     emit("predict_w3", {
         "workload": "w3", "rows": rows, "batch_size": BATCH,
-        "rows_per_s": {"keras_spark": rows / ours_s, "predict_batch_udf": rows / udf_s, "limit_numpy": rows / limit_s},
-        "seconds": {"keras_spark": ours_s, "predict_batch_udf": udf_s, "limit_numpy": limit_s},
-        "ratios": {"keras_spark_vs_predict_batch_udf": udf_s / ours_s, "keras_spark_vs_limit": limit_s / ours_s},
+        "rows_per_s": {name: rows / s for name, s in seconds.items()},
+        "seconds": seconds,
+        "ratios": {"keras_spark_vs_predict_batch_udf": seconds["predict_batch_udf"] / seconds["keras_spark"],
+                   "keras_spark_vs_limit": seconds["limit_numpy"] / seconds["keras_spark"]},
     })
 
 

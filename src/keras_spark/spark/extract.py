@@ -14,12 +14,13 @@ driver writes the same cache.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 from pyspark.sql import functions as F
@@ -42,22 +43,13 @@ class CachedData:
     partition_ids: list[int]
     partitions: list[list[tuple[int, int, int]]]
     rows: int
-    owns_directory: bool = field(default=True)
 
     def column_specs(self) -> list[tuple[str, list[int]]]:
         return [(b.dtype, list(s)) for b, s in zip(self.bindings, self.shapes)]
 
     def remove(self) -> None:
-        """Delete the cache files (the directory too if extract made it)."""
-        if self.owns_directory:
-            shutil.rmtree(self.directory, ignore_errors=True)
-        else:
-            for files in self.chunk_files:
-                for path in files:
-                    try:
-                        os.remove(path)
-                    except FileNotFoundError:
-                        pass
+        """Delete the cache (extract made its directory, inside `cache_dir` when one was given)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _write_rows(batches, prefix: str, columns, pid_index: int) -> str:
@@ -67,10 +59,9 @@ def _write_rows(batches, prefix: str, columns, pid_index: int) -> str:
         for batch in batches:
             writer.write(*batch.__arrow_c_array__())
     except _core.ColumnError as error:
-        try:
-            writer.finish()
-        finally:
-            return json.dumps({"error": str(error)})
+        with contextlib.suppress(Exception):
+            writer.finish()  # closes the files; the driver removes the directory
+        return json.dumps({"error": str(error)})
     return json.dumps(writer.finish())
 
 
@@ -116,10 +107,9 @@ def extract(df, bindings: list[ColumnBinding], partition_col: str, *, cache_dir:
     the driver; by default it is taken when the master is not local and no
     `cache_dir` is given.
     """
-    owns = cache_dir is None
-    directory = tempfile.mkdtemp(prefix="keras_spark_") if owns else tempfile.mkdtemp(dir=cache_dir)
+    directory = tempfile.mkdtemp(prefix="keras_spark_", dir=cache_dir)
     if stream is None:
-        stream = owns and not _is_local(df.sparkSession)
+        stream = cache_dir is None and not _is_local(df.sparkSession)
     selected, names = _select_sorted(df, bindings, partition_col)
     columns = [b.core_spec(names.index(b.column)) for b in bindings]
     pid_index = names.index(partition_col)
@@ -129,7 +119,7 @@ def extract(df, bindings: list[ColumnBinding], partition_col: str, *, cache_dir:
         else:
             task = functools.partial(_write_task, directory=directory, columns=columns, pid_index=pid_index)
             infos = [json.loads(row["info"]) for row in selected.mapInArrow(task, _INFO_SCHEMA).collect()]
-        return _assemble(directory, bindings, infos, partition_col, owns)
+        return _assemble(directory, bindings, infos)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
@@ -145,8 +135,7 @@ def _extract_through_driver(selected, directory: str, columns, pid_index: int) -
     return [json.loads(_write_rows(batches(), os.path.join(directory, "driver"), columns, pid_index))]
 
 
-def _assemble(directory: str, bindings: list[ColumnBinding], infos: list[dict], partition_col: str,
-              owns: bool) -> CachedData:
+def _assemble(directory: str, bindings: list[ColumnBinding], infos: list[dict]) -> CachedData:
     errors = [info["error"] for info in infos if "error" in info]
     if errors:
         raise DataError(errors[0])
@@ -168,7 +157,6 @@ def _assemble(directory: str, bindings: list[ColumnBinding], infos: list[dict], 
         partition_ids=pids,
         partitions=[by_pid[p] for p in pids],
         rows=rows,
-        owns_directory=owns,
     )
 
 
