@@ -179,10 +179,11 @@ def test_shuffle_is_reproducible_and_thread_count_does_not_change_it(tmp_path):
 
 
 def test_mapped_pages_are_dropped_as_partitions_finish(tmp_path):
-    # 64 partitions of 1 MB; with 2 open at a time, resident mapping stays far below the file.
-    rows = 64 * 16384
-    chunk = _write_cache(tmp_path, np.repeat(np.arange(64), 16384), values=np.arange(rows))
-    pipeline = _pipeline([chunk], batch_size=1024, shuffle=True, seed=1, cycle=2)
+    # 64 partitions of 1 MB; with 2 open at a time, resident mapping stays far below the
+    # 64 MB file (the kernel may map a few MB around each fault).
+    rows = 64 * 131072
+    chunk = _write_cache(tmp_path, np.repeat(np.arange(64), 131072), values=np.arange(rows))
+    pipeline = _pipeline([chunk], batch_size=4096, shuffle=True, seed=1, cycle=2)
     for _ in range(pipeline.steps_per_epoch):
         pipeline.next()
     smaps = open(f"/proc/{os.getpid()}/smaps").read()
