@@ -14,6 +14,7 @@ Contenders, rows/s in one run on the same data (W1: 32 float32 features + a labe
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -35,7 +36,8 @@ def core_rows_per_s(df, repeat: int, batch_size: int) -> tuple[float, dict]:
     model = KerasSparkModel(x, keras.layers.Dense(1, name="y")(x))
     cached = extract(df, bind_inputs(model, df.schema) + bind_labels(model, df.schema), "partition_id")
     try:
-        feed = BatchFeed(model, cached, batch_size=batch_size, shuffle=True, seed=1, num_parallel_calls=4)
+        feed = BatchFeed(model, cached, batch_size=batch_size, shuffle=True, seed=1, num_parallel_calls=4,
+                         num_threads=os.cpu_count())
         pipeline, steps = feed.pipeline, feed.steps_per_epoch
         times = []
         for epoch in range(repeat + 1):  # the first epoch warms the page cache
@@ -115,7 +117,7 @@ def main():
     from keras_spark.feed import TF_BATCHES_PER_PULL
 
     ours, stats = core_rows_per_s(df, args.repeat, BATCH)
-    pull = BATCH * TF_BATCHES_PER_PULL  # what fit's TensorFlow adapter asks the core for
+    pull = BATCH * TF_BATCHES_PER_PULL  # what fit's TensorFlow adapter asks the core for (W1 rows)
     ours_pull, _ = core_rows_per_s(df, args.repeat, pull)
     copy, gather = numpy_rows_per_s(table, args.repeat)
     seed = seed_style_rows_per_s(df, args.seed_style_partitions)

@@ -24,6 +24,7 @@ from keras_spark import _core
 from keras_spark.spark.extract import CachedData
 
 TF_BATCHES_PER_PULL = 16
+TF_PULL_BYTES = 4 << 20  # a pull that fits in cache: wide rows get fewer batches a pull
 
 
 def default_parallelism(num_parallel_calls: int | None, partitions: int) -> int:
@@ -56,9 +57,11 @@ class BatchFeed:
     """
 
     def __init__(self, model, cached: CachedData, *, batch_size: int, shuffle: bool, seed: int,
-                 num_parallel_calls: int | None = None, first_epoch: int = 0, batches_per_pull: int = 1):
+                 num_parallel_calls: int | None = None, first_epoch: int = 0, batches_per_pull: int = 1,
+                 num_threads: int | None = None):
         cycle = default_parallelism(num_parallel_calls, len(cached.partitions))
-        threads = max(1, min(cycle, os.cpu_count() or 1))
+        # Gathering is memory-bound; by default the model's step keeps the other half of the cores.
+        threads = num_threads or max(1, min(cycle, (os.cpu_count() or 2) // 2))
         self.batch_size = int(batch_size)
         self.batches_per_pull = int(batches_per_pull)
         self.pipeline = _core.Pipeline(
@@ -118,9 +121,11 @@ def _generator(feed: BatchFeed):
 _ADAPTERS = {"tensorflow": _tf_dataset}
 
 
-def batches_per_pull() -> int:
+def batches_per_pull(batch_bytes: int) -> int:
     """How many batches the active backend's adapter takes from the core at once."""
-    return TF_BATCHES_PER_PULL if keras.backend.backend() == "tensorflow" else 1
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    return max(1, min(TF_BATCHES_PER_PULL, TF_PULL_BYTES // max(1, batch_bytes)))
 
 
 def keras_input(feed: BatchFeed):

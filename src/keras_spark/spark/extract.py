@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 from pyspark.sql import functions as F
 
@@ -46,6 +48,10 @@ class CachedData:
 
     def column_specs(self) -> list[tuple[str, list[int]]]:
         return [(b.dtype, list(s)) for b, s in zip(self.bindings, self.shapes)]
+
+    def row_bytes(self) -> int:
+        """Bytes of one row across all cached columns."""
+        return sum(np.dtype(b.dtype).itemsize * math.prod(s) for b, s in zip(self.bindings, self.shapes))
 
     def remove(self) -> None:
         """Delete the cache (extract made its directory, inside `cache_dir` when one was given)."""
