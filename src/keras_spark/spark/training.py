@@ -8,7 +8,6 @@ before the first training step.
 from __future__ import annotations
 
 import contextlib
-import gc
 import random
 
 import keras
@@ -42,17 +41,6 @@ def _cached(df, bindings, partition_col, cache_dir):
         yield cached
     finally:
         cached.remove()
-
-
-@contextlib.contextmanager
-def _collector_frozen():
-    """Keep the long-lived objects (the backend, the model) out of the collector's scans while
-    training; unfrozen afterwards, so nothing is kept that would otherwise be collected."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def _feed(model, cached, batch_size, **kwargs) -> BatchFeed:
@@ -99,7 +87,6 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
             stack.callback(val_feed.close)
             validation_data, validation_steps = keras_input(val_feed), validation_steps or val_feed.steps_per_epoch
         spark_pass_s = time.perf_counter() - started
-        stack.enter_context(_collector_frozen())
         history = super_fit(
             keras_input(feed), epochs=epochs, steps_per_epoch=steps_per_epoch or feed.steps_per_epoch,
             validation_data=validation_data, validation_steps=validation_steps, initial_epoch=initial_epoch,
