@@ -49,3 +49,14 @@ def test_fit_reads_only_the_bound_columns(spark):
     df = numeric_frame(spark, rows=200, partitions=2).withColumn(
         "poison", F.raise_error(F.lit("the extra column was read")))
     regression_model().fit(df, batch_size=50, epochs=1, verbose=0)
+
+
+def test_fit_runs_one_spark_job_however_many_partition_ids(spark):
+    df = numeric_frame(spark, rows=2000, partitions=40)
+    sc = spark.sparkContext
+    sc.setJobGroup("keras-spark-one-pass", "fit reads the DataFrame once")
+    try:
+        regression_model().fit(df, batch_size=100, epochs=3, verbose=0)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    assert len(sc.statusTracker().getJobIdsForGroup("keras-spark-one-pass")) == 1
