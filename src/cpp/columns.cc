@@ -30,18 +30,26 @@ int64_t first_null(const ArrowArray& a, int64_t lo, int64_t hi) {
 }
 
 // ---- leaf value copies with casts ----------------------------------------------------------
+struct BoolByte {  // a bool target: one byte, 0 or 1, whatever the source value
+  uint8_t value;
+};
+
+template <typename Dst, typename Src>
+inline void store(Dst& dst, Src value) {
+  dst = static_cast<Dst>(value);
+}
+template <typename Src>
+inline void store(BoolByte& dst, Src value) {
+  dst.value = value != 0;
+}
+
 template <typename Dst, typename Src>
 void cast_copy(const Src* src, int64_t n, Dst* dst) {
   if constexpr (std::is_same_v<Src, Dst>) {
     std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(Dst));
   } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Dst>(src[i]);
+    for (int64_t i = 0; i < n; ++i) store(dst[i], src[i]);
   }
-}
-
-template <typename Src>
-void bool_copy(const Src* src, int64_t n, uint8_t* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = src[i] != 0;
 }
 
 template <typename Dst>
@@ -51,7 +59,7 @@ void copy_from(char format, const void* values, int64_t physical, int64_t n, Dst
       const uint8_t* bits = static_cast<const uint8_t*>(values);
       for (int64_t i = 0; i < n; ++i) {
         const int64_t p = physical + i;
-        out[i] = static_cast<Dst>((bits[p >> 3] >> (p & 7)) & 1);
+        store(out[i], static_cast<uint8_t>((bits[p >> 3] >> (p & 7)) & 1));
       }
       return;
     }
@@ -73,31 +81,9 @@ void copy_from(char format, const void* values, int64_t physical, int64_t n, Dst
   throw ColumnError(std::string("internal: unsupported leaf format ") + format);
 }
 
-void copy_bool_from(char format, const void* values, int64_t physical, int64_t n, uint8_t* out) {
-  switch (format) {
-    case 'b':
-      return copy_from<uint8_t>('b', values, physical, n, out);
-#define KS_CASE(ch, T) \
-  case ch:             \
-    return bool_copy<T>(static_cast<const T*>(values) + physical, n, out);
-    KS_CASE('c', int8_t)
-    KS_CASE('C', uint8_t)
-    KS_CASE('s', int16_t)
-    KS_CASE('S', uint16_t)
-    KS_CASE('i', int32_t)
-    KS_CASE('I', uint32_t)
-    KS_CASE('l', int64_t)
-    KS_CASE('L', uint64_t)
-    KS_CASE('f', float)
-    KS_CASE('g', double)
-#undef KS_CASE
-  }
-  throw ColumnError(std::string("internal: unsupported leaf format ") + format);
-}
-
 void copy_values(char format, const void* values, int64_t physical, int64_t n, DType dtype, uint8_t* out) {
   switch (dtype) {
-    case DType::Bool: return copy_bool_from(format, values, physical, n, out);
+    case DType::Bool: return copy_from(format, values, physical, n, reinterpret_cast<BoolByte*>(out));
     case DType::Int8: return copy_from(format, values, physical, n, reinterpret_cast<int8_t*>(out));
     case DType::Int16: return copy_from(format, values, physical, n, reinterpret_cast<int16_t*>(out));
     case DType::Int32: return copy_from(format, values, physical, n, reinterpret_cast<int32_t*>(out));
