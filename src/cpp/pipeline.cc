@@ -118,6 +118,7 @@ void BatchPlanner::start_epoch() {
     for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[draw(i)]);
   next_partition_ = 0;
   served_in_epoch_ = 0;
+  open_rows_ = 0;
   cursor_ = 0;
   slots_.clear();
   const size_t cycle = static_cast<size_t>(options_.cycle_length < 1 ? 1 : options_.cycle_length);
@@ -143,6 +144,7 @@ bool BatchPlanner::open_next(Slot& slot) {
     if (slot.rows.empty()) continue;
     if (options_.shuffle)
       for (size_t i = slot.rows.size(); i > 1; --i) std::swap(slot.rows[i - 1], slot.rows[draw(i)]);
+    open_rows_ += slot.rows.size();
     return true;
   }
   return false;
@@ -157,9 +159,7 @@ void BatchPlanner::next(std::vector<uint64_t>& rows) {
   while (static_cast<int64_t>(rows.size()) < options_.batch_size && !slots_.empty()) {
     size_t pick;
     if (options_.shuffle) {
-      uint64_t total = 0;
-      for (const Slot& s : slots_) total += s.remaining();
-      uint64_t r = draw(total);
+      uint64_t r = draw(open_rows_);
       for (pick = 0; r >= slots_[pick].remaining(); ++pick) r -= slots_[pick].remaining();
     } else {
       pick = cursor_;
@@ -168,6 +168,7 @@ void BatchPlanner::next(std::vector<uint64_t>& rows) {
     Slot& slot = slots_[pick];
     rows.push_back(slot.rows[slot.position++]);
     ++served_in_epoch_;
+    --open_rows_;
     if (slot.remaining() == 0) finished_.push_back(slot.partition);
     if (slot.remaining() == 0 && !open_next(slot)) {
       slots_.erase(slots_.begin() + static_cast<std::ptrdiff_t>(pick));

@@ -111,6 +111,7 @@ class BatchPlanner {
   size_t cursor_ = 0;
   uint64_t rng_state_ = 0;
   std::vector<size_t> finished_;
+  uint64_t open_rows_ = 0;  // rows not yet planned in the open slots
 };
 
 class Pipeline {
