@@ -26,7 +26,7 @@ def test_streaming_through_the_driver_gives_the_same_batches(spark):
     try:
         assert streamed.rows == direct.rows == 3000
         assert streamed.partition_ids == direct.partition_ids == [0, 1, 2, 3, 4]
-        for (x1, y1), (x2, y2) in zip(_all_batches(model, direct), _all_batches(model, streamed)):
+        for (x1, y1), (x2, y2) in zip(_all_batches(model, direct), _all_batches(model, streamed), strict=True):
             np.testing.assert_array_equal(x1, x2)
             np.testing.assert_array_equal(y1, y2)
     finally:

@@ -47,11 +47,11 @@ class CachedData:
     rows: int
 
     def column_specs(self) -> list[tuple[str, list[int]]]:
-        return [(b.dtype, list(s)) for b, s in zip(self.bindings, self.shapes)]
+        return [(b.dtype, list(s)) for b, s in zip(self.bindings, self.shapes, strict=True)]
 
     def row_bytes(self) -> int:
         """Bytes of one row across all cached columns."""
-        return sum(np.dtype(b.dtype).itemsize * math.prod(s) for b, s in zip(self.bindings, self.shapes))
+        return sum(np.dtype(b.dtype).itemsize * math.prod(s) for b, s in zip(self.bindings, self.shapes, strict=True))
 
     def remove(self) -> None:
         """Delete the cache (extract made its directory, inside `cache_dir` when one was given)."""

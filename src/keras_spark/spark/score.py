@@ -45,7 +45,7 @@ def output_field_type(shape, dtype: str) -> T.DataType:
 def output_schema(model, input_schema: T.StructType) -> T.StructType:
     outputs = T.StructType([
         T.StructField(name, output_field_type(t.shape[1:], str(t.dtype)), nullable=False)
-        for name, t in zip(model.output_names, model.outputs)
+        for name, t in zip(model.output_names, model.outputs, strict=True)
     ])
     if OUTPUT_COLUMN in input_schema.fieldNames():
         from keras_spark.errors import BindingError
@@ -140,7 +140,7 @@ def _score_batches(batches, *, model_id, model_bytes, backend, bindings, output_
             chunks.append(keras.tree.flatten(out))
         outputs = [np.concatenate([c[i] for c in chunks]) if len(chunks) > 1 else chunks[0][i]
                    for i in range(len(names))]
-        fields = [_to_arrow(np.asarray(o), spark_type) for o, (_, spark_type) in zip(outputs, output_types)]
+        fields = [_to_arrow(np.asarray(o), spark_type) for o, (_, spark_type) in zip(outputs, output_types, strict=True)]
         struct = pa.StructArray.from_arrays(fields, names=names)
         yield pa.RecordBatch.from_arrays(batch.columns + [struct], names=batch.schema.names + [OUTPUT_COLUMN])
 
