@@ -12,7 +12,6 @@ import functools
 import gc
 import hashlib
 import os
-import tempfile
 
 import numpy as np
 import pyarrow as pa
@@ -71,17 +70,11 @@ def _load_model(model_id: str, model_bytes, backend: str):
     if model is None:
         os.environ.setdefault("KERAS_BACKEND", backend)
         _limit_threads(threads_per_task())
-        import keras
-
-        import keras_spark.models  # noqa: F401  registers KerasSparkModel for load_model
-
         if hasattr(model_bytes, "value"):  # a Spark broadcast
             model_bytes = model_bytes.value
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "model.keras")
-            with open(path, "wb") as f:
-                f.write(model_bytes)
-            model = keras.models.load_model(path, compile=False)
+        from keras_spark.model_bytes import model_from_bytes
+
+        model = model_from_bytes(model_bytes, compile=False)
         _models_by_id.clear()  # one model per worker at a time keeps worker memory flat
         _models_by_id[model_id] = model
         # The backend and the model are hundreds of thousands of long-lived objects; left in
@@ -159,11 +152,9 @@ def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int)
 
     schema = output_schema(model, df.schema)
     output_types = [(f.name, f.dataType) for f in schema[OUTPUT_COLUMN].dataType.fields]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.keras")
-        model.save(path)
-        with open(path, "rb") as f:
-            model_bytes = f.read()
+    from keras_spark.model_bytes import model_to_bytes
+
+    model_bytes = model_to_bytes(model)
     score = functools.partial(
         _score_batches,
         # Keyed by content: scoring again with unchanged weights reuses each worker's loaded model.
