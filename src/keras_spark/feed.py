@@ -19,6 +19,7 @@ import math
 import os
 
 import keras
+import numpy as np
 
 from keras_spark import _core
 from keras_spark.spark.extract import CachedData
@@ -131,3 +132,60 @@ def batches_per_pull(batch_bytes: int) -> int:
 def keras_input(feed: BatchFeed):
     """What to pass to Keras's fit/evaluate as `x` for the active backend."""
     return _ADAPTERS.get(keras.backend.backend(), _generator)(feed)
+
+
+def lockstep_weights(worker_rows: list[int], local_batch: int, step: int) -> tuple[int, float]:
+    """(real rows across all workers at `step` of an epoch, the weight of each real row).
+
+    In synchronous data parallelism every worker must feed `local_batch` rows each
+    step, so a worker out of rows pads. Keras averages the loss over all rows fed
+    (`sum_over_batch_size`); weighting real rows by global_batch / real_rows and pads
+    by 0 makes that average exactly the mean over the real rows, as one worker would.
+    """
+    real = sum(min(local_batch, max(0, rows - step * local_batch)) for rows in worker_rows)
+    return real, (local_batch * len(worker_rows)) / real
+
+
+class LockstepFeed:
+    """One worker's share of synchronous data-parallel steps: (x, y, sample_weight) batches.
+
+    Every worker yields exactly `steps_per_epoch` batches of `local_batch` rows per
+    epoch: its own rows once (from the C++ pipeline), then zero rows of weight 0.
+    `steps_per_epoch` is set by the worker with the most rows, so nobody waits in an
+    all-reduce for a batch that never comes and no row is dropped.
+    """
+
+    def __init__(self, feed: BatchFeed, *, rank: int, worker_rows: list[int]):
+        self.feed = feed
+        self.local_batch = feed.batch_size
+        self.worker_rows = list(worker_rows)
+        self.rows = worker_rows[rank]
+        self.steps_per_epoch = max(math.ceil(r / self.local_batch) for r in worker_rows)
+        self.own_steps = math.ceil(self.rows / self.local_batch)
+        self.real_rows_served = 0
+        self._weights = [self._step_weights(step) for step in range(self.steps_per_epoch)]
+        self._zeros = [np.zeros((self.local_batch, *shape), dtype) for dtype, shape in feed.columns]
+
+    def _step_weights(self, step: int) -> np.ndarray:
+        own = min(self.local_batch, max(0, self.rows - step * self.local_batch))
+        _, weight = lockstep_weights(self.worker_rows, self.local_batch, step)
+        weights = np.zeros(self.local_batch, np.float32)
+        weights[:own] = weight
+        return weights
+
+    def _padded(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        short = self.local_batch - len(arrays[0])
+        if short == 0:
+            return arrays
+        return [np.concatenate([a, z[:short]]) for a, z in zip(arrays, self._zeros, strict=True)]
+
+    def __iter__(self):
+        while True:
+            for step in range(self.steps_per_epoch):
+                if step < self.own_steps:
+                    arrays = self.feed.pipeline.next()
+                    self.real_rows_served += len(arrays[0])
+                    arrays = self._padded(arrays)
+                else:
+                    arrays = self._zeros
+                yield (*self.feed.pack(arrays), self._weights[step])
