@@ -1,4 +1,4 @@
-"""The exceptions keras-spark raises for bad input; both are ValueErrors."""
+"""The exceptions keras-spark raises: bad input (ValueErrors) and failed training workers."""
 
 
 class BindingError(ValueError):
@@ -14,4 +14,11 @@ class DataError(ValueError):
 
     Raised after the Spark pass and before the first training step: a null,
     an array of the wrong or varying length, a bad partition id, no rows.
+    """
+
+
+class TrainingError(RuntimeError):
+    """A data-parallel training worker failed (fit with num_workers > 1).
+
+    The message is the worker's own error, taken out of Spark's wrapping.
     """

@@ -35,16 +35,19 @@ class KerasSparkModel(keras.Model):
 
     # -- training -------------------------------------------------------------------
     def fit(self, x=None, y=None, batch_size=None, epochs=1, *args, partition_col=_UNSET,
-            num_parallel_calls=_UNSET, cache_dir=_UNSET, **kwargs):
+            num_parallel_calls=_UNSET, cache_dir=_UNSET, num_workers=_UNSET, **kwargs):
         """keras.Model.fit; with a Spark DataFrame `x`, trains on its columns.
 
         Spark-only keywords: `partition_col` (default "partition_id": integer ids 0..n,
         each one unit of streaming), `num_parallel_calls` (partitions read and interleaved
         at once; default one per core) and `cache_dir` (where the one Spark pass leaves
         its dense cache; must be visible to executors and driver; default a temporary
-        directory, removed after fit).
+        directory, removed after fit), `num_workers` (default 1: train on the driver; N > 1:
+        N data-parallel JAX processes in one Spark barrier stage on the executors, with
+        `batch_size` the global batch).
         """
-        spark_only = dict(partition_col=partition_col, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir)
+        spark_only = dict(partition_col=partition_col, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir,
+                          num_workers=num_workers)
         if not is_spark_dataframe(x):
             _reject_spark_keywords(spark_only, "fit")
             if is_spark_dataframe(kwargs.get("validation_data")):

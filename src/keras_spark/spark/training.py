@@ -61,12 +61,23 @@ def _report(stats: dict) -> str:
 def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, partition_col="partition_id",
                   num_parallel_calls=None, cache_dir=None, shuffle=True, validation_data=None,
                   validation_split=0.0, validation_batch_size=None, sample_weight=None, initial_epoch=0,
-                  steps_per_epoch=None, validation_steps=None, **keras_kwargs):
+                  steps_per_epoch=None, validation_steps=None, num_workers=1, **keras_kwargs):
     """Model.fit on a DataFrame: labels are the columns named like the outputs."""
     _reject("y", y, "labels are the columns named like the model's outputs")
     _reject("sample_weight", sample_weight, "put weights in the loss or filter rows in Spark")
     _reject("validation_split", validation_split, "pass validation_data=<DataFrame> (e.g. from df.randomSplit)")
     batch_size = int(batch_size or 32)
+    if not isinstance(num_workers, int) or num_workers < 1:
+        raise BindingError(f"num_workers must be a positive integer; got {num_workers!r}")
+    if num_workers > 1:
+        from keras_spark.spark.distributed import fit_distributed
+
+        _reject("steps_per_epoch", steps_per_epoch, "each epoch is one pass over every row")
+        return fit_distributed(
+            model, df, num_workers=num_workers, batch_size=batch_size, epochs=epochs, partition_col=partition_col,
+            num_parallel_calls=num_parallel_calls, cache_dir=cache_dir, shuffle=shuffle,
+            validation_data=validation_data, initial_epoch=initial_epoch, **keras_kwargs,
+        )
     train_bindings = _bind(model, df, partition_col, with_labels=True)
     spark_validation = validation_data is not None and is_spark_dataframe(validation_data)
     val_bindings = _bind(model, validation_data, partition_col, True) if spark_validation else None

@@ -1,0 +1,308 @@
+"""fit(num_workers=N): synchronous data-parallel training in one Spark barrier stage.
+
+The rows never pass through the driver:
+1. A small Spark job counts rows per partition id; the ids are dealt to the N workers,
+   largest first, so the workers' row counts are as even as whole ids allow.
+2. One barrier stage: the bound columns are shuffled so that worker k's ids land in
+   Spark partition k, and each of the N barrier tasks writes its rows to a cache on its
+   own executor through the C++ CacheWriter (as the one-worker path does), agrees with
+   the others on row counts, shapes and a coordinator address (`allGather`), then
+   starts one training process (`keras_spark.training_worker`). The processes train
+   data-parallel through `keras.distribution` (JAX), all-reducing every step.
+3. Rank 0 returns the trained weights, optimizer state and History as one small row.
+
+A failed worker fails the stage with its traceback; the driver raises it as
+`TrainingError`. With `spark.task.maxFailures` > 1 (the default on a cluster; `local[N,F]`
+locally) Spark reruns the whole barrier stage, and a `BackupAndRestore` callback resumes
+from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import pickle
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pyarrow as pa
+from pyspark.sql import functions as F
+
+from keras_spark import binding
+from keras_spark.errors import BindingError, DataError, TrainingError
+from keras_spark.spark.extract import _agree_on_shape, _assemble, _write_rows
+
+_RESULT_SCHEMA = "rank int, payload binary"
+_WORKER_FAILED = "keras-spark training worker"
+_PEER_ERROR_GRACE_S = 3.0
+
+
+# -- which worker takes which partition ids ---------------------------------------------
+def assign_partitions(rows_by_pid: dict[int, int], num_workers: int) -> dict[int, int]:
+    """Partition id -> worker: largest ids first, each to the worker with fewest rows so far."""
+    loads = [0] * num_workers
+    owner = {}
+    for pid in sorted(rows_by_pid, key=lambda p: (-rows_by_pid[p], p)):
+        worker = min(range(num_workers), key=lambda w: (loads[w], w))
+        owner[pid] = worker
+        loads[worker] += rows_by_pid[pid]
+    return owner
+
+
+def _rotl32(x: int, r: int) -> int:
+    return ((x << r) | (x >> (32 - r))) & 0xFFFFFFFF
+
+
+def spark_hash_int(value: int, seed: int = 42) -> int:
+    """Spark's Murmur3 hash of an int column (`F.hash`, and what `repartition` uses)."""
+    k = (value & 0xFFFFFFFF) * 0xCC9E2D51 & 0xFFFFFFFF
+    k = _rotl32(k, 15) * 0x1B873593 & 0xFFFFFFFF
+    h = _rotl32(seed ^ k, 13)
+    h = (h * 5 + 0xE6546B64) & 0xFFFFFFFF
+    h ^= 4
+    h ^= h >> 16
+    h = h * 0x85EBCA6B & 0xFFFFFFFF
+    h ^= h >> 13
+    h = h * 0xC2B2AE35 & 0xFFFFFFFF
+    h ^= h >> 16
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def routing_keys(num_workers: int) -> list[int]:
+    """For each worker k, an int whose Spark hash sends its rows to shuffle partition k."""
+    keys: dict[int, int] = {}
+    candidate = 0
+    while len(keys) < num_workers:
+        keys.setdefault(spark_hash_int(candidate) % num_workers, candidate)  # Python % is pmod
+        candidate += 1
+    return [keys[w] for w in range(num_workers)]
+
+
+# -- the driver --------------------------------------------------------------------------
+def check_distributed(spark, *, num_workers: int, batch_size: int, backend: str, validation_data) -> None:
+    """Everything that can be refused before Spark runs."""
+    if backend != "jax":
+        raise BindingError(
+            f"num_workers={num_workers} trains through keras.distribution, which runs multi-process data "
+            f"parallelism on the JAX backend only; this process runs Keras on '{backend}'. Set "
+            f"KERAS_BACKEND=jax (TensorFlow's MultiWorkerMirroredStrategy and PyTorch DDP are not supported "
+            f"by keras-spark yet), or leave num_workers=1 to train on the driver"
+        )
+    if batch_size % num_workers:
+        raise BindingError(
+            f"batch_size={batch_size} is the global batch and must split evenly over num_workers={num_workers}; "
+            f"try batch_size={math.ceil(batch_size / num_workers) * num_workers}"
+        )
+    if validation_data is not None:
+        raise BindingError(
+            f"validation_data is not supported with num_workers={num_workers} yet; "
+            f"call model.evaluate(validation_df) after fit"
+        )
+    slots = spark.sparkContext.defaultParallelism
+    if num_workers > slots:
+        raise BindingError(
+            f"num_workers={num_workers} needs {num_workers} task slots at once (a barrier stage), "
+            f"but this Spark application has {slots}"
+        )
+
+
+def _rows_by_partition(df, partition_col: str) -> dict[int, int]:
+    counts = df.groupBy(F.col(f"`{partition_col}`")).count().collect()
+    return {int(row[0]): int(row[1]) for row in counts if row[0] is not None}
+
+
+def fit_distributed(model, df, *, num_workers: int, batch_size: int, epochs: int, partition_col: str,
+                    num_parallel_calls, cache_dir, shuffle: bool, validation_data, initial_epoch: int,
+                    callbacks=None, verbose="auto", **fit_kwargs):
+    import keras
+
+    from keras_spark.model_bytes import model_to_bytes
+
+    spark = df.sparkSession
+    check_distributed(spark, num_workers=num_workers, batch_size=batch_size,
+                      backend=keras.backend.backend(), validation_data=validation_data)
+    binding.check_partition_column(df.schema, partition_col)
+    bindings = binding.bind_inputs(model, df.schema) + binding.bind_labels(model, df.schema, keras.config.floatx())
+    if not model.compiled:
+        raise BindingError("the model must be compiled before fit (model.compile(...))")
+
+    rows_by_pid = _rows_by_partition(df, partition_col)
+    if not rows_by_pid:
+        raise DataError("the DataFrame has no rows; keras-spark needs at least one row to train on")
+    if len(rows_by_pid) < num_workers:
+        raise DataError(
+            f"num_workers={num_workers} but the DataFrame has {len(rows_by_pid)} partition id(s) in "
+            f"'{partition_col}'; each worker streams whole partition ids, so use at most {len(rows_by_pid)} workers"
+        )
+    owner = assign_partitions(rows_by_pid, num_workers)
+    keys = routing_keys(num_workers)
+    route = F.create_map(*[F.lit(x) for pid, w in owner.items() for x in (pid, keys[w])])
+
+    names = list(dict.fromkeys([b.column for b in bindings] + [partition_col]))
+    routed = (
+        df.select(*[F.col(f"`{n}`") for n in names])
+        .repartition(num_workers, route[F.col(f"`{partition_col}`")])
+        .sortWithinPartitions(F.col(f"`{partition_col}`"))
+    )
+    job = dict(
+        num_workers=num_workers, owner=owner, local_batch=batch_size // num_workers, epochs=int(epochs),
+        initial_epoch=int(initial_epoch), shuffle=bool(shuffle), seed=random.getrandbits(62),
+        num_parallel_calls=num_parallel_calls, verbose=1 if verbose == "auto" else verbose, fit_kwargs=fit_kwargs,
+        callbacks=_pickled(callbacks or []), cache_dir=cache_dir, bindings=bindings,
+        columns=[b.core_spec(names.index(b.column)) for b in bindings], pid_index=names.index(partition_col),
+        partition_col=partition_col,
+    )
+    model_bytes = model_to_bytes(model)
+    task = functools.partial(_barrier_task, job=job, model_bytes=spark.sparkContext.broadcast(model_bytes))
+    try:
+        # The shuffle after the barrier stage makes it a map stage, which Spark reruns
+        # (all tasks together) after a failure; a failed barrier result stage is final.
+        trained = routed.mapInArrow(task, _RESULT_SCHEMA, barrier=True)
+        rows = trained.repartition(1).collect()
+    except Exception as error:  # a Py4J/Spark error that wraps the worker's own
+        raise _surfaced(error) from None
+    results = [pickle.loads(row["payload"]) for row in rows]
+    return _apply(model, results, num_workers)
+
+
+def _pickled(callbacks) -> bytes:
+    from pyspark import cloudpickle
+
+    return cloudpickle.dumps(list(callbacks))
+
+
+def _surfaced(error: Exception) -> Exception:
+    """The worker's own message out of Spark's wrapping, as a Python exception."""
+    text = str(error)
+    for kind in (DataError, TrainingError):
+        marker = f"{kind.__name__}: "
+        if marker in text:
+            message = text[text.index(marker) + len(marker):]
+            for end in ("\n\tat ", "\nJVM stacktrace", "SQLSTATE:"):
+                message = message.split(end)[0]
+            message = message.strip()
+            return kind(message)
+    return TrainingError(f"the distributed training stage failed: {text.splitlines()[0] if text else error!r}")
+
+
+def _apply(model, results: list[dict], num_workers: int):
+    """The driver's model takes rank 0's weights, optimizer state and History."""
+    import keras
+
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        raise DataError(errors[0])
+    chief = next(r for r in results if r["rank"] == 0)
+    model.set_weights(chief["weights"])
+    if chief["optimizer"]:
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        for variable, value in zip(model.optimizer.variables, chief["optimizer"], strict=True):
+            variable.assign(value)
+    history = keras.callbacks.History()
+    history.set_model(model)
+    history.history, history.epoch, history.params = chief["history"], chief["epoch"], chief["params"]
+    model.history = history
+    by_rank = sorted(results, key=lambda r: r["rank"])
+    model.data_stats = {
+        "num_workers": num_workers,
+        "rows_per_worker": [r["rows"] for r in by_rank],
+        "rows_served_per_worker": [r["rows_served"] for r in by_rank],
+        "steps_per_epoch": chief["steps_per_epoch"],
+        "train_s": max(r["train_s"] for r in by_rank),
+        "step_s": [r["step_s"] for r in by_rank],
+    }
+    return history
+
+
+# -- the executors -----------------------------------------------------------------------
+def _barrier_task(batches, *, job: dict, model_bytes):
+    """One barrier task: cache this worker's rows, agree with the others, train, report."""
+    from pyspark import BarrierTaskContext
+
+    ctx = BarrierTaskContext.get()
+    rank = ctx.partitionId()
+    workdir = tempfile.mkdtemp(prefix=f"keras_spark_worker{rank}_", dir=job["cache_dir"])
+    try:
+        info = json.loads(_write_rows(batches, os.path.join(workdir, "rows"), job["columns"], job["pid_index"]))
+        info["stray"] = _stray_ids(info, job["owner"], rank)
+        if rank == 0:
+            info["coordinator"] = f"{_task_host(ctx, rank)}:{_free_port()}"
+        infos = [json.loads(m) for m in ctx.allGather(json.dumps(info))]
+        problem = _agreement_problem(infos, job)
+        if problem:  # every task sees the same infos, so all stop here together
+            yield _result_row(rank, {"rank": rank, "error": problem})
+            return
+        cached = _assemble(workdir, job["bindings"], [info])
+        cached.shapes = [_agree_on_shape(b, [i["shapes"][c] for i in infos]) for c, b in enumerate(job["bindings"])]
+        result = _run_worker(workdir, rank, dict(
+            job, rank=rank, cached=cached, coordinator=infos[0]["coordinator"],
+            worker_rows=[i["rows"] for i in infos], model_bytes=model_bytes.value,
+        ))
+        yield _result_row(rank, result)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _stray_ids(info: dict, owner: dict, rank: int) -> list[int]:
+    return sorted({int(pid) for pid, _, _ in info.get("runs", []) if owner.get(int(pid)) != rank})
+
+
+def _agreement_problem(infos: list[dict], job: dict) -> str | None:
+    for i in infos:
+        if "error" in i:
+            return i["error"]
+    for rank, i in enumerate(infos):
+        if i["stray"]:
+            return f"internal: worker {rank} received partition ids {i['stray'][:5]} it was not assigned"
+        if i["rows"] == 0:
+            return (f"worker {rank} received no rows although partition ids were assigned to it; did the "
+                    f"DataFrame change between the row count and the training pass (a non-deterministic source)?")
+    return None
+
+
+def _result_row(rank: int, result: dict) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({"rank": [rank], "payload": [pickle.dumps(result)]},
+                                      schema=pa.schema([("rank", pa.int32()), ("payload", pa.binary())]))
+
+
+def _task_host(ctx, rank: int) -> str:
+    address = ctx.getTaskInfos()[rank].address
+    return address.rsplit(":", 1)[0] if address else socket.gethostname()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _run_worker(workdir: str, rank: int, job: dict) -> dict:
+    from pyspark import cloudpickle
+
+    job_path = os.path.join(workdir, "job.pkl")
+    job = dict(job, result_path=os.path.join(workdir, "result.pkl"), error_path=os.path.join(workdir, "error.txt"),
+               scratch=os.path.join(workdir, "scratch"))
+    with open(job_path, "wb") as f:
+        cloudpickle.dump(job, f)
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    done = subprocess.run([sys.executable, "-m", "keras_spark.training_worker", job_path], env=env)
+    if done.returncode < 0 and not os.path.exists(job["error_path"]):
+        # Killed (JAX aborts a rank whose peer died): let the peer's own error fail the stage first.
+        time.sleep(_PEER_ERROR_GRACE_S)
+    if done.returncode != 0:
+        detail = ""
+        if os.path.exists(job["error_path"]):
+            with open(job["error_path"]) as f:
+                detail = f.read().strip()
+        last = detail.splitlines()[-1] if detail else f"exit status {done.returncode}"
+        raise TrainingError(f"{_WORKER_FAILED} {rank} failed: {last}\n{detail}")
+    with open(job["result_path"], "rb") as f:
+        return pickle.load(f)

@@ -1,0 +1,142 @@
+"""fit(num_workers=2) scenarios under JAX in their own process (run by test_distributed).
+
+Prints one JSON line per scenario: `RESULT {"name": ..., ...}`. The master is
+local[2,2]: two task slots and a second attempt for a failed barrier stage.
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+os.environ["KERAS_BACKEND"] = "jax"
+os.environ["PYSPARK_PYTHON"] = sys.executable
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from pyspark.sql import SparkSession  # noqa: E402
+
+from keras_spark.models import KerasSparkModel  # noqa: E402
+
+spark = (SparkSession.builder.master("local[2,2]").config("spark.ui.enabled", "false")
+         .config("spark.sql.shuffle.partitions", "4").getOrCreate())
+spark.sparkContext.setLogLevel("OFF")
+scratch = tempfile.mkdtemp(prefix="keras_spark_dp_test_")
+
+
+def report(name, **figures):
+    print("RESULT " + json.dumps(dict(name=name, **figures)), flush=True)
+
+
+def frame(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    pid = np.concatenate([np.full(s, i) for i, s in enumerate(sizes)])
+    x = rng.normal(size=(len(pid), 4)).astype("float32")
+    return spark.createDataFrame(pd.DataFrame({"x": list(x), "y": 2 * x.sum(1) + 1, "partition_id": pid}))
+
+
+def model():
+    keras.utils.set_random_seed(3)
+    x = keras.Input((4,), name="x")
+    h = keras.layers.Dense(8, activation="tanh")(x)
+    m = KerasSparkModel(x, keras.layers.Dense(1, name="y")(h))
+    m.compile(keras.optimizers.SGD(0.05), "mse", metrics=["mae"])
+    return m
+
+
+def same_arithmetic():
+    # Round-robin interleave of 4 equal ids = two workers each interleaving 2 of them:
+    # every global batch holds the same rows, so the weights must agree.
+    df = frame([1000, 1000, 1000, 1000])
+    one, two = model(), model()
+    h1 = one.fit(df, batch_size=64, epochs=2, shuffle=False, num_parallel_calls=4, verbose=0)
+    h2 = two.fit(df, batch_size=64, epochs=2, shuffle=False, num_parallel_calls=4, verbose=0, num_workers=2)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(one.get_weights(), two.get_weights(), strict=True))
+    report("same_arithmetic", max_weight_diff=diff, mae1=h1.history["mae"], mae2=h2.history["mae"],
+           epochs=h2.epoch, optimizer_iterations=int(two.optimizer.iterations.numpy()))
+
+
+def uneven():
+    sizes = [1500, 700, 300, 37]
+    df = frame(sizes, seed=1)
+    m = model()
+    h = m.fit(df, batch_size=64, epochs=3, verbose=0, num_workers=2)
+    report("uneven", total=sum(sizes), stats={k: v for k, v in m.data_stats.items() if k != "step_s"},
+           loss=h.history["loss"], history_keys=sorted(h.history))
+
+
+class RaiseOnRank1(keras.callbacks.Callback):
+    """Callbacks run on every worker; this one fails only the second (not the chief)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        import jax
+
+        if epoch == 1 and jax.process_index() == 1:
+            raise ValueError("this worker failed on purpose at epoch 1")
+
+
+def worker_raises():
+    m = model()
+    started = time.perf_counter()
+    try:
+        m.fit(frame([400, 400]), batch_size=32, epochs=3, verbose=0, num_workers=2, callbacks=[RaiseOnRank1()])
+        report("worker_raises", raised=None)
+    except Exception as error:  # noqa: BLE001  the test asserts the type and message
+        report("worker_raises", raised=type(error).__name__, message=str(error)[:500],
+               seconds=time.perf_counter() - started)
+
+
+class FailOnce(keras.callbacks.Callback):
+    """Records each epoch it sees; raises once, at the end of epoch 1 of the first attempt."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+    def on_epoch_end(self, epoch, logs=None):
+        import jax
+
+        if jax.process_index() != 0:
+            return
+        with open(os.path.join(self.folder, "epochs.txt"), "a") as f:
+            f.write(f"{epoch}\n")
+        marker = os.path.join(self.folder, "failed_once")
+        if epoch == 1 and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("simulated crash after epoch 1")
+
+
+def resume_after_failure():
+    folder = tempfile.mkdtemp(dir=scratch)
+    backup = keras.callbacks.BackupAndRestore(os.path.join(folder, "backup"))
+    m = model()
+    h = m.fit(frame([500, 500, 500]), batch_size=32, epochs=4, verbose=0, num_workers=2,
+              callbacks=[backup, FailOnce(folder)])
+    with open(os.path.join(folder, "epochs.txt")) as f:
+        seen = [int(line) for line in f]
+    report("resume_after_failure", epochs_seen=seen, history_epochs=h.epoch, loss=h.history["loss"])
+
+
+def refusals():
+    df = frame([100, 100, 100])
+    messages = {}
+    for case, kwargs in {
+        "odd_batch": dict(batch_size=33, num_workers=2),
+        "too_many_workers": dict(batch_size=30, num_workers=3),
+        "validation": dict(batch_size=32, num_workers=2, validation_data=df),
+        "too_few_ids": dict(batch_size=32, num_workers=2, df=frame([100])),
+    }.items():
+        data = kwargs.pop("df", df)
+        try:
+            model().fit(data, verbose=0, **kwargs)
+            messages[case] = None
+        except Exception as error:  # noqa: BLE001  the test asserts the type and message
+            messages[case] = f"{type(error).__name__}: {error}"
+    report("refusals", messages=messages)
+
+
+for scenario in sys.argv[1:] or ["refusals", "same_arithmetic", "uneven", "worker_raises", "resume_after_failure"]:
+    globals()[scenario]()
+spark.stop()

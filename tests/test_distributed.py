@@ -1,0 +1,121 @@
+"""fit(num_workers=N): data-parallel training in a Spark barrier stage.
+
+The training scenarios run under JAX in one subprocess (distributed_run.py; the
+backend is fixed per process); the routing and refusal checks run here.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from keras_spark.errors import BindingError
+from keras_spark.feed import lockstep_weights
+from keras_spark.spark.distributed import assign_partitions, routing_keys, spark_hash_int
+
+from builders import numeric_frame, regression_model
+
+
+@pytest.fixture(scope="module")
+def scenarios():
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    script = Path(__file__).with_name("distributed_run.py")
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=1200)
+    results = {}
+    for line in done.stdout.splitlines():
+        if "RESULT " in line:
+            result = json.loads(line.split("RESULT ", 1)[1])
+            results[result["name"]] = result
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return results
+
+
+def test_two_workers_end_with_the_weights_of_one(scenarios):
+    result = scenarios["same_arithmetic"]
+    assert result["max_weight_diff"] < 1e-5
+    np.testing.assert_allclose(result["mae2"], result["mae1"], rtol=1e-5)
+    assert result["epochs"] == [0, 1]
+    assert result["optimizer_iterations"] == 2 * 63  # ceil(4000 / 64) steps an epoch, state copied back
+
+
+def test_uneven_partitions_serve_every_row_once_an_epoch(scenarios):
+    result = scenarios["uneven"]
+    stats = result["stats"]
+    assert sum(stats["rows_per_worker"]) == result["total"]
+    assert stats["rows_served_per_worker"] == [3 * rows for rows in stats["rows_per_worker"]]
+    assert stats["rows_per_worker"] == [1500, 1037]  # the largest id alone, the rest together
+    assert stats["steps_per_epoch"] == 47  # ceil(1500 / 32): the busier worker sets the pace
+    assert result["history_keys"] == ["loss", "mae"]
+    assert result["loss"][-1] < 0.5 * result["loss"][0]
+
+
+def test_a_failing_worker_fails_fit_with_its_own_error(scenarios):
+    result = scenarios["worker_raises"]
+    assert result["raised"] == "TrainingError"
+    assert "worker 1 failed: ValueError: this worker failed on purpose at epoch 1" in result["message"]
+    assert result["seconds"] < 120  # no hang: the stage fails, the peer is stopped
+
+
+def test_backup_and_restore_resumes_after_spark_reruns_the_stage(scenarios):
+    result = scenarios["resume_after_failure"]
+    assert result["epochs_seen"] == [0, 1, 2, 3]  # epochs 0-1, crash, then 2-3 after the rerun
+    assert result["history_epochs"] == [2, 3]
+
+
+def test_spark_hash_matches_spark(spark):
+    values = [0, 1, 2, 7, 42, -5, 123456, 2**31 - 1, -(2**31)]
+    df = spark.createDataFrame([(v,) for v in values], "v int")
+    got = [row[0] for row in df.select(F.hash("v")).collect()]
+    assert got == [spark_hash_int(v) for v in values]
+
+
+def test_routing_keys_send_each_worker_to_its_own_shuffle_partition(spark):
+    for workers in (2, 3, 5):
+        keys = routing_keys(workers)
+        df = spark.createDataFrame([(k, w) for w, k in enumerate(keys)], "key int, worker int")
+        routed = df.repartition(workers, "key").withColumn("spark_partition", F.spark_partition_id())
+        assert sorted((r.worker, r.spark_partition) for r in routed.collect()) == [(w, w) for w in range(workers)]
+
+
+def test_partition_ids_are_dealt_largest_first():
+    owner = assign_partitions({0: 100, 1: 10, 2: 60, 3: 50}, 2)
+    assert owner == {0: 0, 2: 1, 3: 1, 1: 0}
+    loads = [sum(n for p, n in {0: 100, 1: 10, 2: 60, 3: 50}.items() if owner[p] == w) for w in (0, 1)]
+    assert loads == [110, 110]
+
+
+def test_lockstep_weights_make_the_loss_a_mean_over_real_rows():
+    # Workers with 70 and 40 rows, 32 a step: step 2 has 6 + 8 real rows of 64 fed.
+    assert lockstep_weights([70, 40], 32, 0) == (64, 1.0)
+    real, weight = lockstep_weights([70, 40], 32, 2)
+    assert real == 6 and weight == pytest.approx(64 / 6)
+    assert lockstep_weights([70, 40], 32, 1) == (32 + 8, 64 / 40)
+
+
+def _expect_refusal(spark, match, **fit_kwargs):
+    model = regression_model()
+    with pytest.raises(BindingError, match=match):
+        model.fit(numeric_frame(spark, 64, 4), **fit_kwargs)
+
+
+def test_backends_other_than_jax_get_a_clear_error(spark):
+    _expect_refusal(spark, "JAX backend only.*KERAS_BACKEND=jax", num_workers=2, batch_size=32)
+
+
+def test_bad_num_workers_are_refused(spark):
+    _expect_refusal(spark, "num_workers must be a positive integer", num_workers=0)
+    _expect_refusal(spark, "num_workers must be a positive integer", num_workers=1.5)
+
+
+def test_what_cannot_run_is_refused_before_training(scenarios):
+    messages = scenarios["refusals"]["messages"]
+    assert messages["odd_batch"].startswith("BindingError: batch_size=33 is the global batch")
+    assert "try batch_size=34" in messages["odd_batch"]
+    assert messages["too_many_workers"].startswith("BindingError: num_workers=3 needs 3 task slots")
+    assert messages["validation"].startswith("BindingError: validation_data is not supported with num_workers=2")
+    assert messages["too_few_ids"].startswith("DataError: num_workers=2 but the DataFrame has 1 partition id")
