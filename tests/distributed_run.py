@@ -49,12 +49,13 @@ def model():
 def same_arithmetic():
     # Round-robin interleave of 4 equal ids = two workers each interleaving 2 of them:
     # every global batch holds the same rows, so the weights must agree.
-    df = frame([1000, 1000, 1000, 1000])
+    df, val = frame([1000, 1000, 1000, 1000]), frame([256, 256], seed=5)
     one, two = model(), model()
-    h1 = one.fit(df, batch_size=64, epochs=2, shuffle=False, num_parallel_calls=4, verbose=0)
-    h2 = two.fit(df, batch_size=64, epochs=2, shuffle=False, num_parallel_calls=4, verbose=0, num_workers=2)
+    kwargs = dict(batch_size=64, epochs=2, shuffle=False, num_parallel_calls=4, verbose=0, validation_data=val)
+    h1 = one.fit(df, **kwargs)
+    h2 = two.fit(df, num_workers=2, **kwargs)
     diff = max(float(np.abs(a - b).max()) for a, b in zip(one.get_weights(), two.get_weights(), strict=True))
-    report("same_arithmetic", max_weight_diff=diff, mae1=h1.history["mae"], mae2=h2.history["mae"],
+    report("same_arithmetic", max_weight_diff=diff, history1=h1.history, history2=h2.history,
            epochs=h2.epoch, optimizer_iterations=int(two.optimizer.iterations.numpy()))
 
 
@@ -62,7 +63,8 @@ def uneven():
     sizes = [1500, 700, 300, 37]
     df = frame(sizes, seed=1)
     m = model()
-    h = m.fit(df, batch_size=64, epochs=3, verbose=0, num_workers=2)
+    # One validation id: the second worker has no validation rows and pads every validation step.
+    h = m.fit(df, batch_size=64, epochs=3, verbose=0, num_workers=2, validation_data=frame([100], seed=2))
     report("uneven", total=sum(sizes), stats={k: v for k, v in m.data_stats.items() if k != "step_s"},
            loss=h.history["loss"], history_keys=sorted(h.history))
 
@@ -125,7 +127,8 @@ def refusals():
     for case, kwargs in {
         "odd_batch": dict(batch_size=33, num_workers=2),
         "too_many_workers": dict(batch_size=30, num_workers=3),
-        "validation": dict(batch_size=32, num_workers=2, validation_data=df),
+        "validation_batch": dict(batch_size=32, num_workers=2, validation_data=df, validation_batch_size=15),
+        "empty_validation": dict(batch_size=32, num_workers=2, validation_data=df.limit(0)),
         "too_few_ids": dict(batch_size=32, num_workers=2, df=frame([100])),
     }.items():
         data = kwargs.pop("df", df)

@@ -38,7 +38,10 @@ def scenarios():
 def test_two_workers_end_with_the_weights_of_one(scenarios):
     result = scenarios["same_arithmetic"]
     assert result["max_weight_diff"] < 1e-5
-    np.testing.assert_allclose(result["mae2"], result["mae1"], rtol=1e-5)
+    one, two = result["history1"], result["history2"]
+    assert sorted(two) == sorted(one) == ["loss", "mae", "val_loss", "val_mae"]
+    for key in ("mae", "val_loss", "val_mae"):  # val batches split evenly: no pads, same figures
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-5)
     assert result["epochs"] == [0, 1]
     assert result["optimizer_iterations"] == 2 * 63  # ceil(4000 / 64) steps an epoch, state copied back
 
@@ -50,7 +53,7 @@ def test_uneven_partitions_serve_every_row_once_an_epoch(scenarios):
     assert stats["rows_served_per_worker"] == [3 * rows for rows in stats["rows_per_worker"]]
     assert stats["rows_per_worker"] == [1500, 1037]  # the largest id alone, the rest together
     assert stats["steps_per_epoch"] == 47  # ceil(1500 / 32): the busier worker sets the pace
-    assert result["history_keys"] == ["loss", "mae"]
+    assert result["history_keys"] == ["loss", "mae", "val_loss", "val_mae"]
     assert result["loss"][-1] < 0.5 * result["loss"][0]
 
 
@@ -117,5 +120,6 @@ def test_what_cannot_run_is_refused_before_training(scenarios):
     assert messages["odd_batch"].startswith("BindingError: batch_size=33 is the global batch")
     assert "try batch_size=34" in messages["odd_batch"]
     assert messages["too_many_workers"].startswith("BindingError: num_workers=3 needs 3 task slots")
-    assert messages["validation"].startswith("BindingError: validation_data is not supported with num_workers=2")
+    assert messages["validation_batch"].startswith("BindingError: validation_batch_size=15 is the global batch")
+    assert messages["empty_validation"] == "DataError: validation_data has no rows"
     assert messages["too_few_ids"].startswith("DataError: num_workers=2 but the DataFrame has 1 partition id")

@@ -60,15 +60,16 @@ class BatchFeed:
     def __init__(self, model, cached: CachedData, *, batch_size: int, shuffle: bool, seed: int,
                  num_parallel_calls: int | None = None, first_epoch: int = 0, batches_per_pull: int = 1,
                  num_threads: int | None = None):
-        cycle = default_parallelism(num_parallel_calls, len(cached.partitions))
+        cycle = default_parallelism(num_parallel_calls, max(1, len(cached.partitions)))
         # Gathering is memory-bound; by default the model's step keeps the other half of the cores.
         threads = num_threads or max(1, min(cycle, (os.cpu_count() or 2) // 2))
         self.batch_size = int(batch_size)
         self.batches_per_pull = int(batches_per_pull)
+        # No rows (a data-parallel worker given no validation ids): nothing to read, only pads.
         self.pipeline = _core.Pipeline(
             cached.chunk_files, cached.column_specs(), cached.partitions, self.batch_size * self.batches_per_pull,
             bool(shuffle), int(seed), cycle, threads, 2 * threads + 2, int(first_epoch),
-        )
+        ) if cached.rows else None
         self.rows = cached.rows
         self.steps_per_epoch = math.ceil(cached.rows / self.batch_size)
         self.columns = cached.column_specs()
@@ -94,7 +95,8 @@ class BatchFeed:
         return dict(self.pipeline.stats())
 
     def close(self) -> None:
-        self.pipeline.close()
+        if self.pipeline is not None:
+            self.pipeline.close()
 
 
 def _tf_dataset(feed: BatchFeed):

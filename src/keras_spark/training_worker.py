@@ -122,7 +122,11 @@ class StepTimer:
 
 
 def train(job: dict) -> dict:
+    from keras_spark.spark.score import _limit_threads
+
     os.environ["KERAS_BACKEND"] = "jax"
+    # The workers of one executor share its cores: each takes the task's share (spark.task.cpus).
+    _limit_threads(job["threads"])
     import keras
     from keras.src.saving import serialization_lib
 
@@ -145,6 +149,12 @@ def train(job: dict) -> dict:
                      seed=job["seed"] + rank, num_parallel_calls=job["num_parallel_calls"],
                      first_epoch=job["initial_epoch"])
     lockstep = LockstepFeed(feed, rank=rank, worker_rows=job["worker_rows"])
+    validation = {}
+    if job["validation"] is not None:
+        val_feed = BatchFeed(model, job["validation"], batch_size=job["validation_local_batch"], shuffle=False,
+                             seed=0, num_parallel_calls=job["num_parallel_calls"])
+        val_lockstep = LockstepFeed(val_feed, rank=rank, worker_rows=job["validation_rows"])
+        validation = {"validation_data": iter(val_lockstep), "validation_steps": val_lockstep.steps_per_epoch}
     timer = StepTimer()
     callbacks = _callbacks_for(rank, pickle.loads(job["callbacks"]), job["scratch"]) + [timer.callback, _stop_together()]
     started = time.perf_counter()
@@ -152,10 +162,12 @@ def train(job: dict) -> dict:
         history = model.fit(
             iter(lockstep), steps_per_epoch=lockstep.steps_per_epoch, epochs=job["epochs"],
             initial_epoch=job["initial_epoch"], callbacks=callbacks, shuffle=False,
-            verbose=job["verbose"] if rank == 0 else 0, **job["fit_kwargs"],
+            verbose=job["verbose"] if rank == 0 else 0, **validation, **job["fit_kwargs"],
         )
     finally:
         feed.close()
+        if validation:
+            val_feed.close()
     result = {
         "rank": rank,
         "rows_served": lockstep.real_rows_served,

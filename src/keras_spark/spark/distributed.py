@@ -19,6 +19,7 @@ from the last finished epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -36,12 +37,15 @@ import pyarrow as pa
 from pyspark.sql import functions as F
 
 from keras_spark import binding
+from keras_spark.spark import is_spark_dataframe
 from keras_spark.errors import BindingError, DataError, TrainingError
 from keras_spark.spark.extract import _agree_on_shape, _assemble, _write_rows
+from keras_spark.spark.score import threads_per_task
 
 _RESULT_SCHEMA = "rank int, payload binary"
 _WORKER_FAILED = "keras-spark training worker"
 _PEER_ERROR_GRACE_S = 3.0
+VALIDATION_ID_OFFSET = 1 << 48  # validation ids travel as id + this, beside the training ids
 
 
 # -- which worker takes which partition ids ---------------------------------------------
@@ -86,7 +90,8 @@ def routing_keys(num_workers: int) -> list[int]:
 
 
 # -- the driver --------------------------------------------------------------------------
-def check_distributed(spark, *, num_workers: int, batch_size: int, backend: str, validation_data) -> None:
+def check_distributed(spark, *, num_workers: int, batch_size: int, backend: str, validation_data,
+                      validation_batch_size: int) -> None:
     """Everything that can be refused before Spark runs."""
     if backend != "jax":
         raise BindingError(
@@ -95,16 +100,14 @@ def check_distributed(spark, *, num_workers: int, batch_size: int, backend: str,
             f"KERAS_BACKEND=jax (TensorFlow's MultiWorkerMirroredStrategy and PyTorch DDP are not supported "
             f"by keras-spark yet), or leave num_workers=1 to train on the driver"
         )
-    if batch_size % num_workers:
-        raise BindingError(
-            f"batch_size={batch_size} is the global batch and must split evenly over num_workers={num_workers}; "
-            f"try batch_size={math.ceil(batch_size / num_workers) * num_workers}"
-        )
-    if validation_data is not None:
-        raise BindingError(
-            f"validation_data is not supported with num_workers={num_workers} yet; "
-            f"call model.evaluate(validation_df) after fit"
-        )
+    for name, size in (("batch_size", batch_size), ("validation_batch_size", validation_batch_size)):
+        if size % num_workers:
+            raise BindingError(
+                f"{name}={size} is the global batch and must split evenly over num_workers={num_workers}; "
+                f"try {name}={math.ceil(size / num_workers) * num_workers}"
+            )
+    if validation_data is not None and not is_spark_dataframe(validation_data):
+        raise BindingError("with num_workers > 1, validation_data must be a Spark DataFrame like x")
     slots = spark.sparkContext.defaultParallelism
     if num_workers > slots:
         raise BindingError(
@@ -126,29 +129,40 @@ def fit_distributed(model, df, *, num_workers: int, batch_size: int, epochs: int
     from keras_spark.model_bytes import model_to_bytes
 
     spark = df.sparkSession
-    check_distributed(spark, num_workers=num_workers, batch_size=batch_size,
-                      backend=keras.backend.backend(), validation_data=validation_data)
+    validation_batch_size = int(fit_kwargs.pop("validation_batch_size", None) or batch_size)
+    check_distributed(spark, num_workers=num_workers, batch_size=batch_size, backend=keras.backend.backend(),
+                      validation_data=validation_data, validation_batch_size=validation_batch_size)
     binding.check_partition_column(df.schema, partition_col)
     bindings = binding.bind_inputs(model, df.schema) + binding.bind_labels(model, df.schema, keras.config.floatx())
     if not model.compiled:
         raise BindingError("the model must be compiled before fit (model.compile(...))")
+    names = list(dict.fromkeys([b.column for b in bindings] + [partition_col]))
+    selected = df.select(*[F.col(f"`{n}`") for n in names])
+    if validation_data is not None:
+        selected, offset = _with_validation(model, selected, validation_data, names, partition_col)
+    else:
+        offset = None
 
-    rows_by_pid = _rows_by_partition(df, partition_col)
-    if not rows_by_pid:
+    # One small job counts both sets' rows per id; validation ids come shifted by `offset`.
+    rows_by_pid = _rows_by_partition(selected, partition_col)
+    train_rows = {p: n for p, n in rows_by_pid.items() if offset is None or p < offset}
+    if offset is not None and max(rows_by_pid) >= 2 * offset:
+        raise DataError(f"partition ids must be below {offset:,} to train with validation_data and num_workers > 1")
+    if not train_rows:
         raise DataError("the DataFrame has no rows; keras-spark needs at least one row to train on")
-    if len(rows_by_pid) < num_workers:
+    if len(train_rows) < num_workers:
         raise DataError(
-            f"num_workers={num_workers} but the DataFrame has {len(rows_by_pid)} partition id(s) in "
-            f"'{partition_col}'; each worker streams whole partition ids, so use at most {len(rows_by_pid)} workers"
+            f"num_workers={num_workers} but the DataFrame has {len(train_rows)} partition id(s) in "
+            f"'{partition_col}'; each worker streams whole partition ids, so use at most {len(train_rows)} workers"
         )
-    owner = assign_partitions(rows_by_pid, num_workers)
+    if offset is not None and len(rows_by_pid) == len(train_rows):
+        raise DataError("validation_data has no rows")
+    owner = assign_partitions(train_rows, num_workers)
+    owner.update(assign_partitions({p: n for p, n in rows_by_pid.items() if p not in train_rows}, num_workers))
     keys = routing_keys(num_workers)
     route = F.create_map(*[F.lit(x) for pid, w in owner.items() for x in (pid, keys[w])])
-
-    names = list(dict.fromkeys([b.column for b in bindings] + [partition_col]))
     routed = (
-        df.select(*[F.col(f"`{n}`") for n in names])
-        .repartition(num_workers, route[F.col(f"`{partition_col}`")])
+        selected.repartition(num_workers, route[F.col(f"`{partition_col}`")])
         .sortWithinPartitions(F.col(f"`{partition_col}`"))
     )
     job = dict(
@@ -157,7 +171,8 @@ def fit_distributed(model, df, *, num_workers: int, batch_size: int, epochs: int
         num_parallel_calls=num_parallel_calls, verbose=1 if verbose == "auto" else verbose, fit_kwargs=fit_kwargs,
         callbacks=_pickled(callbacks or []), cache_dir=cache_dir, bindings=bindings,
         columns=[b.core_spec(names.index(b.column)) for b in bindings], pid_index=names.index(partition_col),
-        partition_col=partition_col,
+        partition_col=partition_col, validation_offset=offset,
+        validation_local_batch=validation_batch_size // num_workers,
     )
     model_bytes = model_to_bytes(model)
     task = functools.partial(_barrier_task, job=job, model_bytes=spark.sparkContext.broadcast(model_bytes))
@@ -170,6 +185,27 @@ def fit_distributed(model, df, *, num_workers: int, batch_size: int, epochs: int
         raise _surfaced(error) from None
     results = [pickle.loads(row["payload"]) for row in rows]
     return _apply(model, results, num_workers)
+
+
+def _with_validation(model, selected, validation_data, names: list[str], partition_col: str):
+    """Training and validation rows in one DataFrame; validation ids shifted past the training ids."""
+    import keras
+
+    binding.check_partition_column(validation_data.schema, partition_col)
+    binding.bind_inputs(model, validation_data.schema)  # its own schema errors, named for it
+    binding.bind_labels(model, validation_data.schema, keras.config.floatx())
+    for name in names[:-1]:  # the partition ids may differ in integer width
+        train_type, val_type = selected.schema[name].dataType, validation_data.schema[name].dataType
+        if train_type != val_type:
+            raise BindingError(
+                f"validation_data column '{name}' has type {binding.describe_type(val_type)}; with num_workers > 1 "
+                f"it must have the training data's type, {binding.describe_type(train_type)} (cast it in Spark)"
+            )
+    pid = F.col(f"`{partition_col}`")
+    offset = VALIDATION_ID_OFFSET
+    shifted = validation_data.select(*[(pid + F.lit(offset)).alias(n) if n == partition_col else F.col(f"`{n}`")
+                                       for n in names])
+    return selected.unionByName(shifted), offset
 
 
 def _pickled(callbacks) -> bytes:
@@ -233,6 +269,7 @@ def _barrier_task(batches, *, job: dict, model_bytes):
     try:
         info = json.loads(_write_rows(batches, os.path.join(workdir, "rows"), job["columns"], job["pid_index"]))
         info["stray"] = _stray_ids(info, job["owner"], rank)
+        info["train_rows"], info["validation_rows"] = _split_rows(info, job["validation_offset"])
         if rank == 0:
             info["coordinator"] = f"{_task_host(ctx, rank)}:{_free_port()}"
         infos = [json.loads(m) for m in ctx.allGather(json.dumps(info))]
@@ -242,13 +279,34 @@ def _barrier_task(batches, *, job: dict, model_bytes):
             return
         cached = _assemble(workdir, job["bindings"], [info])
         cached.shapes = [_agree_on_shape(b, [i["shapes"][c] for i in infos]) for c, b in enumerate(job["bindings"])]
+        train, validation = _split_cache(cached, job["validation_offset"])
         result = _run_worker(workdir, rank, dict(
-            job, rank=rank, cached=cached, coordinator=infos[0]["coordinator"],
-            worker_rows=[i["rows"] for i in infos], model_bytes=model_bytes.value,
+            job, rank=rank, cached=train, validation=validation, coordinator=infos[0]["coordinator"],
+            worker_rows=[i["train_rows"] for i in infos], validation_rows=[i["validation_rows"] for i in infos],
+            model_bytes=model_bytes.value, threads=threads_per_task(),
         ))
         yield _result_row(rank, result)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _split_rows(info: dict, offset: int | None) -> tuple[int, int]:
+    validation = sum(int(n) for pid, _, n in info.get("runs", []) if offset is not None and pid >= offset)
+    return info.get("rows", 0) - validation, validation
+
+
+def _split_cache(cached, offset: int | None):
+    """The task's cache as (training, validation or None) views over the same files."""
+    if offset is None:
+        return cached, None
+    views = []
+    for keep in (lambda p: p < offset, lambda p: p >= offset):
+        pairs = [(p, runs) for p, runs in zip(cached.partition_ids, cached.partitions, strict=True) if keep(p)]
+        views.append(dataclasses.replace(
+            cached, partition_ids=[p for p, _ in pairs], partitions=[r for _, r in pairs],
+            rows=sum(n for _, runs in pairs for _, _, n in runs),
+        ))
+    return views[0], views[1]
 
 
 def _stray_ids(info: dict, owner: dict, rank: int) -> list[int]:
@@ -262,7 +320,7 @@ def _agreement_problem(infos: list[dict], job: dict) -> str | None:
     for rank, i in enumerate(infos):
         if i["stray"]:
             return f"internal: worker {rank} received partition ids {i['stray'][:5]} it was not assigned"
-        if i["rows"] == 0:
+        if i["train_rows"] == 0:
             return (f"worker {rank} received no rows although partition ids were assigned to it; did the "
                     f"DataFrame change between the row count and the training pass (a non-deterministic source)?")
     return None
