@@ -1,7 +1,7 @@
 """fit(num_workers=2) scenarios under JAX in their own process (run by test_distributed).
 
 Prints one JSON line per scenario: `RESULT {"name": ..., ...}`. The master is
-local[2,2]: two task slots and a second attempt for a failed barrier stage.
+local-cluster[2,1,1024]: two executors, and a second attempt for a failed barrier stage.
 """
 
 import json
@@ -20,8 +20,10 @@ from pyspark.sql import SparkSession  # noqa: E402
 
 from keras_spark.models import KerasSparkModel  # noqa: E402
 
-spark = (SparkSession.builder.master("local[2,2]").config("spark.ui.enabled", "false")
-         .config("spark.sql.shuffle.partitions", "4").getOrCreate())
+# Two executor JVMs of one core each: the closest this machine gets to a cluster. A failed
+# barrier stage gets one rerun (spark.task.maxFailures=2).
+spark = (SparkSession.builder.master("local-cluster[2,1,1024]").config("spark.ui.enabled", "false")
+         .config("spark.task.maxFailures", "2").config("spark.sql.shuffle.partitions", "4").getOrCreate())
 spark.sparkContext.setLogLevel("OFF")
 scratch = tempfile.mkdtemp(prefix="keras_spark_dp_test_")
 

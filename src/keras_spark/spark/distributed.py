@@ -225,7 +225,8 @@ def _surfaced(error: Exception) -> Exception:
                 message = message.split(end)[0]
             message = message.strip()
             return kind(message)
-    return TrainingError(f"the distributed training stage failed: {text.splitlines()[0] if text else error!r}")
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("at ")]
+    return TrainingError("the distributed training stage failed: " + ("\n".join(lines[:12]) or repr(error)))
 
 
 def _apply(model, results: list[dict], num_workers: int):
@@ -265,6 +266,8 @@ def _barrier_task(batches, *, job: dict, model_bytes):
 
     ctx = BarrierTaskContext.get()
     rank = ctx.partitionId()
+    if job["cache_dir"]:
+        os.makedirs(job["cache_dir"], exist_ok=True)
     workdir = tempfile.mkdtemp(prefix=f"keras_spark_worker{rank}_", dir=job["cache_dir"])
     try:
         info = json.loads(_write_rows(batches, os.path.join(workdir, "rows"), job["columns"], job["pid_index"]))
