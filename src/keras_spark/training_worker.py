@@ -73,19 +73,20 @@ def _callbacks_for(rank: int, callbacks: list, scratch: str) -> list:
 
     if rank == 0:
         return list(callbacks)
+    kept = []
     for callback in callbacks:
         if isinstance(callback, keras.callbacks.BackupAndRestore):
-            backup_dir = f"{callback.backup_dir.rstrip(os.sep)}.worker{rank}"
-            callback.__init__(backup_dir, save_freq=callback.save_freq,
-                              double_checkpoint=callback.double_checkpoint,
-                              delete_checkpoint=callback.delete_checkpoint)
+            callback = keras.callbacks.BackupAndRestore(
+                f"{callback.backup_dir.rstrip(os.sep)}.worker{rank}", save_freq=callback.save_freq,
+                double_checkpoint=callback.double_checkpoint, delete_checkpoint=callback.delete_checkpoint)
         elif isinstance(callback, keras.callbacks.ModelCheckpoint):
             callback.filepath = os.path.join(scratch, "checkpoints", os.path.basename(str(callback.filepath)))
         elif isinstance(callback, keras.callbacks.CSVLogger):
             callback.filename = os.path.join(scratch, "log.csv")
         elif isinstance(callback, keras.callbacks.TensorBoard):
             callback.log_dir = os.path.join(scratch, "tensorboard")
-    return list(callbacks)
+        kept.append(callback)
+    return kept
 
 
 def _stop_together():
@@ -122,11 +123,11 @@ class StepTimer:
 
 
 def train(job: dict) -> dict:
-    from keras_spark.spark.score import _limit_threads
+    from keras_spark.spark.score import limit_threads
 
     os.environ["KERAS_BACKEND"] = "jax"
     # The workers of one executor share its cores: each takes the task's share (spark.task.cpus).
-    _limit_threads(job["threads"])
+    limit_threads(job["threads"])
     import keras
     from keras.src.saving import serialization_lib
 

@@ -121,9 +121,10 @@ def _rows_by_partition(df, partition_col: str) -> dict[int, int]:
     return {int(row[0]): int(row[1]) for row in counts if row[0] is not None}
 
 
-def fit_distributed(model, df, *, num_workers: int, batch_size: int, epochs: int, partition_col: str,
+def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, epochs: int, partition_col: str,
                     num_parallel_calls, cache_dir, shuffle: bool, validation_data, initial_epoch: int,
                     callbacks=None, verbose="auto", **fit_kwargs):
+    """fit on N barrier tasks; `bindings` (and validation_data's schema) are already checked."""
     import keras
 
     from keras_spark.model_bytes import model_to_bytes
@@ -132,14 +133,12 @@ def fit_distributed(model, df, *, num_workers: int, batch_size: int, epochs: int
     validation_batch_size = int(fit_kwargs.pop("validation_batch_size", None) or batch_size)
     check_distributed(spark, num_workers=num_workers, batch_size=batch_size, backend=keras.backend.backend(),
                       validation_data=validation_data, validation_batch_size=validation_batch_size)
-    binding.check_partition_column(df.schema, partition_col)
-    bindings = binding.bind_inputs(model, df.schema) + binding.bind_labels(model, df.schema, keras.config.floatx())
     if not model.compiled:
         raise BindingError("the model must be compiled before fit (model.compile(...))")
     names = list(dict.fromkeys([b.column for b in bindings] + [partition_col]))
     selected = df.select(*[F.col(f"`{n}`") for n in names])
     if validation_data is not None:
-        selected, offset = _with_validation(model, selected, validation_data, names, partition_col)
+        selected, offset = _with_validation(selected, validation_data, names, partition_col)
     else:
         offset = None
 
@@ -187,13 +186,8 @@ def fit_distributed(model, df, *, num_workers: int, batch_size: int, epochs: int
     return _apply(model, results, num_workers)
 
 
-def _with_validation(model, selected, validation_data, names: list[str], partition_col: str):
+def _with_validation(selected, validation_data, names: list[str], partition_col: str):
     """Training and validation rows in one DataFrame; validation ids shifted past the training ids."""
-    import keras
-
-    binding.check_partition_column(validation_data.schema, partition_col)
-    binding.bind_inputs(model, validation_data.schema)  # its own schema errors, named for it
-    binding.bind_labels(model, validation_data.schema, keras.config.floatx())
     for name in names[:-1]:  # the partition ids may differ in integer width
         train_type, val_type = selected.schema[name].dataType, validation_data.schema[name].dataType
         if train_type != val_type:
@@ -276,7 +270,7 @@ def _barrier_task(batches, *, job: dict, model_bytes):
         if rank == 0:
             info["coordinator"] = f"{_task_host(ctx, rank)}:{_free_port()}"
         infos = [json.loads(m) for m in ctx.allGather(json.dumps(info))]
-        problem = _agreement_problem(infos, job)
+        problem = _agreement_problem(infos)
         if problem:  # every task sees the same infos, so all stop here together
             yield _result_row(rank, {"rank": rank, "error": problem})
             return
@@ -316,7 +310,7 @@ def _stray_ids(info: dict, owner: dict, rank: int) -> list[int]:
     return sorted({int(pid) for pid, _, _ in info.get("runs", []) if owner.get(int(pid)) != rank})
 
 
-def _agreement_problem(infos: list[dict], job: dict) -> str | None:
+def _agreement_problem(infos: list[dict]) -> str | None:
     for i in infos:
         if "error" in i:
             return i["error"]

@@ -69,7 +69,7 @@ def _load_model(model_id: str, model_bytes, backend: str):
     model = _models_by_id.get(model_id)
     if model is None:
         os.environ.setdefault("KERAS_BACKEND", backend)
-        _limit_threads(threads_per_task())
+        limit_threads(threads_per_task())
         if hasattr(model_bytes, "value"):  # a Spark broadcast
             model_bytes = model_bytes.value
         from keras_spark.model_bytes import model_from_bytes
@@ -96,7 +96,7 @@ def threads_per_task() -> int:
         return 1
 
 
-def _limit_threads(threads: int) -> None:
+def limit_threads(threads: int) -> None:
     # Each Python worker scores one task; backends sized for the whole machine would have
     # every worker's thread pools fight over the same cores. Only effective before the
     # backend is imported in this worker.

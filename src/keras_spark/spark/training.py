@@ -69,20 +69,20 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     batch_size = int(batch_size or 32)
     if not isinstance(num_workers, int) or num_workers < 1:
         raise BindingError(f"num_workers must be a positive integer; got {num_workers!r}")
+    train_bindings = _bind(model, df, partition_col, with_labels=True)
+    spark_validation = validation_data is not None and is_spark_dataframe(validation_data)
+    val_bindings = _bind(model, validation_data, partition_col, True) if spark_validation else None
     if num_workers > 1:
         from keras_spark.spark.distributed import fit_distributed
 
         _reject("steps_per_epoch", steps_per_epoch, "each epoch is one pass over every row")
         _reject("validation_steps", validation_steps, "validation is one pass over every validation row")
         return fit_distributed(
-            model, df, num_workers=num_workers, batch_size=batch_size, epochs=epochs, partition_col=partition_col,
-            num_parallel_calls=num_parallel_calls, cache_dir=cache_dir, shuffle=shuffle,
-            validation_data=validation_data, validation_batch_size=validation_batch_size,
+            model, df, train_bindings, num_workers=num_workers, batch_size=batch_size, epochs=epochs,
+            partition_col=partition_col, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir,
+            shuffle=shuffle, validation_data=validation_data, validation_batch_size=validation_batch_size,
             initial_epoch=initial_epoch, **keras_kwargs,
         )
-    train_bindings = _bind(model, df, partition_col, with_labels=True)
-    spark_validation = validation_data is not None and is_spark_dataframe(validation_data)
-    val_bindings = _bind(model, validation_data, partition_col, True) if spark_validation else None
     seed = random.getrandbits(63)  # keras.utils.set_random_seed seeds `random`
 
     verbose = keras_kwargs.get("verbose", "auto")
