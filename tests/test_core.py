@@ -135,7 +135,8 @@ def _pipeline(chunks, batch_size, shuffle=False, seed=0, cycle=2, threads=1):
         for pid, start, count in summary["runs"]:
             partitions.setdefault(pid, []).append((k, start, count))
     return _core.Pipeline([c["files"] for c in chunks], [("int64", [])], [partitions[p] for p in sorted(partitions)],
-                          batch_size, shuffle, seed, cycle, threads, 4)
+                          batch_size=batch_size, shuffle=shuffle, seed=seed, cycle_length=cycle, num_threads=threads,
+                          prefetch=4)
 
 
 def _epochs(pipeline, epochs):

@@ -53,31 +53,34 @@ nb::object owned_array(uint8_t* data, int64_t rows, const std::vector<int64_t>& 
   return nb::cast(array, nb::rv_policy::reference);
 }
 
-ColumnTarget target_of(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape) {
+ColumnTarget target_of(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
+                       bool allow_non_finite) {
   ColumnTarget t;
   t.name = name;
   t.dtype = parse_dtype(dtype);
   t.shape = shape;
+  t.allow_non_finite = allow_non_finite;
   return t;
 }
 
 nb::tuple to_dense(nb::capsule schema_capsule, nb::capsule array_capsule, const std::string& name,
-                   const std::string& dtype, const std::vector<int64_t>& shape) {
+                   const std::string& dtype, const std::vector<int64_t>& shape, bool allow_non_finite) {
   const ArrowSchema& schema = from_capsule<ArrowSchema>(schema_capsule, "arrow_schema");
   const ArrowArray& array = from_capsule<ArrowArray>(array_capsule, "arrow_array");
-  ColumnTarget target = target_of(name, dtype, shape);
+  ColumnTarget target = target_of(name, dtype, shape, allow_non_finite);
   uint8_t* out = nullptr;
   {
     nb::gil_scoped_release release;
-    resolve_shape(schema, array, 0, 0, target);
+    const ArrowView view(schema, array, 0, array.length, name);
+    resolve_shape(view, 0, target);
     if (!target.resolved()) {  // no rows: unknown dimensions stay empty
       for (int64_t& d : target.shape)
         if (d < 0) d = 0;
     }
-    out = static_cast<uint8_t*>(std::malloc(std::max<size_t>(64, array.length * target.row_bytes())));
+    out = static_cast<uint8_t*>(std::malloc(std::max<size_t>(64, target.bytes_for(array.length))));
     if (!out) throw std::bad_alloc();
     try {
-      convert_rows(schema, array, 0, 0, array.length, target, out);
+      convert_rows(view, 0, array.length, target, out);
     } catch (...) {
       std::free(out);
       throw;
@@ -90,8 +93,8 @@ class PyCacheWriter {
  public:
   PyCacheWriter(const std::string& prefix, const std::vector<std::tuple<std::string, int, std::string,
                                                                         std::vector<int64_t>>>& columns,
-                int partition_field)
-      : writer_(prefix, make_columns(columns), partition_field) {}
+                int partition_field, bool allow_non_finite)
+      : writer_(prefix, make_columns(columns, allow_non_finite), partition_field) {}
 
   void write(nb::capsule schema_capsule, nb::capsule array_capsule) {
     const ArrowSchema& schema = from_capsule<ArrowSchema>(schema_capsule, "arrow_schema");
@@ -118,9 +121,10 @@ class PyCacheWriter {
 
  private:
   static std::vector<CacheColumn> make_columns(
-      const std::vector<std::tuple<std::string, int, std::string, std::vector<int64_t>>>& columns) {
+      const std::vector<std::tuple<std::string, int, std::string, std::vector<int64_t>>>& columns, bool allow) {
     std::vector<CacheColumn> out;
-    for (const auto& [name, field, dtype, shape] : columns) out.push_back({target_of(name, dtype, shape), field});
+    for (const auto& [name, field, dtype, shape] : columns)
+      out.push_back({target_of(name, dtype, shape, allow), field});
     return out;
   }
   CacheWriter writer_;
@@ -195,13 +199,17 @@ NB_MODULE(_core, m) {
   nb::exception<ColumnError>(m, "ColumnError", PyExc_ValueError);
 
   m.def("to_dense", &to_dense, nb::arg("schema_capsule"), nb::arg("array_capsule"), nb::arg("name"),
-        nb::arg("dtype"), nb::arg("shape"),
-        "One Arrow column -> (dense NumPy array of shape (rows, *shape), resolved shape).");
+        nb::arg("dtype"), nb::arg("shape"), nb::kw_only(), nb::arg("allow_non_finite") = false,
+        "One Arrow column -> (dense NumPy array of shape (rows, *shape), resolved shape).\n\n"
+        "NaN or infinite floats raise ColumnError unless allow_non_finite; so do integers the dtype cannot hold.");
 
   nb::class_<PyCacheWriter>(m, "CacheWriter")
       .def(nb::init<const std::string&,
-                    const std::vector<std::tuple<std::string, int, std::string, std::vector<int64_t>>>&, int>(),
-           nb::arg("path_prefix"), nb::arg("columns"), nb::arg("partition_column"))
+                    const std::vector<std::tuple<std::string, int, std::string, std::vector<int64_t>>>&, int,
+                    bool>(),
+           nb::arg("path_prefix"), nb::arg("columns"), nb::arg("partition_column"), nb::kw_only(),
+           nb::arg("allow_non_finite") = false,
+           "Writes the (name, field index, dtype, shape) columns of record batches to dense cache files.")
       .def("write", &PyCacheWriter::write, nb::arg("schema_capsule"), nb::arg("array_capsule"))
       .def("finish", &PyCacheWriter::finish);
 
@@ -210,9 +218,10 @@ NB_MODULE(_core, m) {
                     const std::vector<std::tuple<std::string, std::vector<int64_t>>>&,
                     const std::vector<std::vector<std::tuple<int64_t, int64_t, int64_t>>>&, int64_t, bool, uint64_t,
                     int, int, int, int64_t>(),
-           nb::arg("chunk_files"), nb::arg("columns"), nb::arg("partitions"), nb::arg("batch_size"),
+           nb::arg("chunk_files"), nb::arg("columns"), nb::arg("partitions"), nb::kw_only(), nb::arg("batch_size"),
            nb::arg("shuffle"), nb::arg("seed"), nb::arg("cycle_length"), nb::arg("num_threads"),
-           nb::arg("prefetch"), nb::arg("first_epoch") = 0)
+           nb::arg("prefetch"), nb::arg("first_epoch") = 0,
+           "Endless shuffled, interleaved batches of the cached columns, gathered on background threads.")
       .def("next", &PyPipeline::next)
       .def("stats", &PyPipeline::stats)
       .def("close", &PyPipeline::close)

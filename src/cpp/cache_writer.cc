@@ -3,15 +3,6 @@
 #include <cstring>
 
 namespace keras_spark {
-namespace {
-
-template <typename T>
-void read_ids(const ArrowArray& a, int64_t first, int64_t n, std::vector<int64_t>& ids) {
-  const T* values = static_cast<const T*>(a.buffers[1]) + a.offset + first;
-  for (int64_t i = 0; i < n; ++i) ids[i] = static_cast<int64_t>(values[i]);
-}
-
-}  // namespace
 
 CacheWriter::CacheWriter(std::string path_prefix, std::vector<CacheColumn> columns, int partition_field)
     : columns_(std::move(columns)), partition_field_(partition_field) {
@@ -38,31 +29,19 @@ void CacheWriter::close_files() {
 void CacheWriter::read_partition_ids(const ArrowSchema& schema, const ArrowArray& batch,
                                      std::vector<int64_t>& ids) const {
   const ArrowSchema& s = *schema.children[partition_field_];
-  const ArrowArray& a = *batch.children[partition_field_];
   const std::string name = s.name ? s.name : "";
-  const std::string f = s.format;
-  const int64_t first = batch.offset, n = batch.length;
-  ids.resize(static_cast<size_t>(n));
-  if (f == "c") read_ids<int8_t>(a, first, n, ids);
-  else if (f == "s") read_ids<int16_t>(a, first, n, ids);
-  else if (f == "i") read_ids<int32_t>(a, first, n, ids);
-  else if (f == "l") read_ids<int64_t>(a, first, n, ids);
-  else if (f == "C") read_ids<uint8_t>(a, first, n, ids);
-  else if (f == "S") read_ids<uint16_t>(a, first, n, ids);
-  else if (f == "I") read_ids<uint32_t>(a, first, n, ids);
-  else if (f == "L") read_ids<uint64_t>(a, first, n, ids);
-  else
+  const ArrowView view(s, *batch.children[partition_field_], batch.offset, batch.length, name);
+  const char f = view.number_format();
+  if (view.kind() != ArrowKind::Number || f == 'b' || f == 'f' || f == 'g')
     throw ColumnError("partition column '" + name + "' has Arrow type " + describe_arrow_type(s) +
                       "; expected integer partition ids 0..n");
-  const bool may_have_nulls = a.null_count != 0 && a.n_buffers > 0 && a.buffers[0] != nullptr;
-  for (int64_t i = 0; i < n; ++i) {
-    if (may_have_nulls) {
-      const int64_t p = a.offset + first + i;
-      if (!((static_cast<const uint8_t*>(a.buffers[0])[p >> 3] >> (p & 7)) & 1))
-        throw ColumnError("partition column '" + name + "' has a null partition id at row " +
-                          std::to_string(summary_.rows + i) + "; every row needs an integer id 0..n");
-    }
-    if (ids[i] < 0 || (f == "L" && static_cast<uint64_t>(ids[i]) > (1ull << 62)))
+  ids.resize(static_cast<size_t>(view.length()));
+  for (int64_t i = 0; i < view.length(); ++i) {
+    if (!view.valid(i))
+      throw ColumnError("partition column '" + name + "' has a null partition id at row " +
+                        std::to_string(summary_.rows + i) + "; every row needs an integer id 0..n");
+    ids[i] = view.integer(i);  // a uint64 past int64 reads as -1
+    if (ids[i] < 0 || ids[i] > (int64_t{1} << 62))
       throw ColumnError("partition column '" + name + "' has a negative partition id " + std::to_string(ids[i]) +
                         " at row " + std::to_string(summary_.rows + i) + "; expected integer ids 0..n");
   }
@@ -80,21 +59,36 @@ void CacheWriter::note_runs(const std::vector<int64_t>& ids) {
   }
 }
 
+void CacheWriter::check_batch(const ArrowSchema& schema, const ArrowArray& batch) const {
+  if (!schema.format || std::strcmp(schema.format, "+s") != 0)
+    throw ColumnError("CacheWriter expects a record batch (struct array)");
+  if (schema.n_children != batch.n_children || batch.length < 0 || batch.offset < 0 ||
+      (batch.n_children > 0 && (!schema.children || !batch.children)))
+    throw ColumnError("CacheWriter: a malformed record batch (schema and array disagree on their columns)");
+  auto check_field = [&](int field, const std::string& what) {
+    if (field < 0 || field >= schema.n_children || !schema.children[field] || !batch.children[field])
+      throw ColumnError("CacheWriter: " + what + " is field " + std::to_string(field) + ", but the batch has " +
+                        std::to_string(schema.n_children) + " columns");
+  };
+  check_field(partition_field_, "the partition column");
+  for (const CacheColumn& col : columns_) check_field(col.field_index, "column '" + col.target.name + "'");
+}
+
 void CacheWriter::write(const ArrowSchema& schema, const ArrowArray& batch) {
   if (finished_) throw std::runtime_error("CacheWriter: write after finish");
-  if (std::strcmp(schema.format, "+s") != 0) throw ColumnError("CacheWriter expects a record batch (struct array)");
+  check_batch(schema, batch);
   const int64_t n = batch.length;
   if (n == 0) return;
   std::vector<int64_t> ids;
   read_partition_ids(schema, batch, ids);
   for (size_t c = 0; c < columns_.size(); ++c) {
     CacheColumn& col = columns_[c];
-    const ArrowSchema& s = *schema.children[col.field_index];
-    const ArrowArray& a = *batch.children[col.field_index];
     try {
-      resolve_shape(s, a, batch.offset, 0, col.target);
-      buffer_.resize(static_cast<size_t>(n) * col.target.row_bytes());
-      convert_rows(s, a, batch.offset, 0, n, col.target, buffer_.data());
+      const ArrowView view(*schema.children[col.field_index], *batch.children[col.field_index], batch.offset, n,
+                           col.target.name);
+      resolve_shape(view, 0, col.target);
+      buffer_.resize(col.target.bytes_for(n));
+      convert_rows(view, 0, n, col.target, buffer_.data());
     } catch (const ColumnError& e) {
       if (e.row < 0) throw;
       throw ColumnError(std::string(e.what()) + " of a batch, in partition id " + std::to_string(ids[e.row]), e.row);

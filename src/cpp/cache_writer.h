@@ -41,6 +41,7 @@ class CacheWriter {
   CacheSummary finish();
 
  private:
+  void check_batch(const ArrowSchema& schema, const ArrowArray& batch) const;
   void read_partition_ids(const ArrowSchema& schema, const ArrowArray& batch, std::vector<int64_t>& ids) const;
   void note_runs(const std::vector<int64_t>& ids);
   void close_files();

@@ -37,9 +37,11 @@ uint8_t* allocate(size_t bytes) {
 }  // namespace
 
 size_t ColumnLayout::row_bytes() const {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return static_cast<size_t>(n) * dtype_size(dtype);
+  int64_t n = static_cast<int64_t>(dtype_size(dtype));
+  for (int64_t d : shape)
+    if (d < 0 || __builtin_mul_overflow(n, d, &n))
+      throw std::invalid_argument("a column's per-row shape is negative or past 64 bits");
+  return static_cast<size_t>(n);
 }
 
 Batch::Batch(Batch&& other) noexcept : buffers(std::move(other.buffers)), rows(other.rows) { other.buffers.clear(); }
@@ -197,11 +199,31 @@ Pipeline::Pipeline(const std::vector<std::vector<std::string>>& chunk_files, std
     for (const std::string& path : files) mapped.push_back(std::make_unique<MappedFile>(path));
     files_.push_back(std::move(mapped));
   }
+  check_segments(planner_.partition_count());
   steps_per_epoch_ = (planner_.total_rows() + options_.batch_size - 1) / options_.batch_size;
   const int threads = options_.num_threads < 1 ? 1 : options_.num_threads;
   if (options_.prefetch < threads) options_.prefetch = threads;
   stats_.threads = threads;
   for (int i = 0; i < threads; ++i) workers_.emplace_back(&Pipeline::work, this);
+}
+
+void Pipeline::check_segments(size_t partitions) const {
+  // Rows are addressed as (chunk << 40 | row) and read from mapped files: every segment
+  // must name a chunk that exists and rows its files hold.
+  for (size_t p = 0; p < partitions; ++p)
+    for (const Segment& s : planner_.segments(p)) {
+      if (s.chunk < 0 || static_cast<size_t>(s.chunk) >= files_.size() || s.chunk >= (int64_t{1} << (64 - kRowBits)))
+        throw std::invalid_argument("partition " + std::to_string(p) + " names chunk " + std::to_string(s.chunk) +
+                                    ", but there are " + std::to_string(files_.size()) + " chunks");
+      if (s.start < 0 || s.count < 0 || s.start + s.count > (int64_t{1} << kRowBits))
+        throw std::invalid_argument("partition " + std::to_string(p) + " has rows outside 0..2**40");
+      for (size_t c = 0; c < columns_.size(); ++c) {
+        const size_t rb = columns_[c].row_bytes();
+        if (rb > 0 && static_cast<size_t>(s.start + s.count) > files_[s.chunk][c]->size() / rb)
+          throw std::invalid_argument("partition " + std::to_string(p) + " has rows past the end of cache file " +
+                                      std::to_string(c) + " of chunk " + std::to_string(s.chunk));
+      }
+    }
 }
 
 Pipeline::~Pipeline() { close(); }
@@ -241,6 +263,7 @@ Batch Pipeline::gather(const std::vector<uint64_t>& rows) {
     const size_t rb = columns_[c].row_bytes();
     uint8_t* out = allocate(rb * rows.size());
     batch.buffers.push_back(out);
+    if (rb == 0) continue;  // a zero-width column: nothing to copy (its file may be unmapped)
     size_t i = 0;
     while (i < rows.size()) {
       // One stretch of rows from one file: a run of consecutive rows is one memcpy,

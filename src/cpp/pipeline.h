@@ -87,7 +87,8 @@ class BatchPlanner {
   int64_t total_rows() const { return total_rows_; }
   // Partitions whose rows have all been planned since the last call (their pages can go).
   std::vector<size_t> take_finished();
-  const std::vector<Segment>& segments(size_t partition) const { return partitions_[partition]; }
+  const std::vector<Segment>& segments(size_t partition) const { return partitions_.at(partition); }
+  size_t partition_count() const { return partitions_.size(); }
 
  private:
   struct Slot {
@@ -133,6 +134,7 @@ class Pipeline {
   PipelineStats stats() const;
 
  private:
+  void check_segments(size_t partitions) const;
   void work();
   Batch gather(const std::vector<uint64_t>& rows);
   void release(const std::vector<size_t>& partitions) const;

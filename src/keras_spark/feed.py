@@ -67,8 +67,9 @@ class BatchFeed:
         self.batches_per_pull = int(batches_per_pull)
         # No rows (a data-parallel worker given no validation ids): nothing to read, only pads.
         self.pipeline = _core.Pipeline(
-            cached.chunk_files, cached.column_specs(), cached.partitions, self.batch_size * self.batches_per_pull,
-            bool(shuffle), int(seed), cycle, threads, 2 * threads + 2, int(first_epoch),
+            cached.chunk_files, cached.column_specs(), cached.partitions,
+            batch_size=self.batch_size * self.batches_per_pull, shuffle=bool(shuffle), seed=int(seed),
+            cycle_length=cycle, num_threads=threads, prefetch=2 * threads + 2, first_epoch=int(first_epoch),
         ) if cached.rows else None
         self.rows = cached.rows
         self.steps_per_epoch = math.ceil(cached.rows / self.batch_size)
