@@ -117,3 +117,28 @@ def test_spark_keywords_with_numpy_data_are_rejected_like_keras_would():
 def test_predict_names_a_missing_input_column(frame):
     with pytest.raises(BindingError, match="'pixels'"):
         _model(name="pixels").predict(frame)
+
+
+def test_nan_feature_names_the_column_and_row(frame):
+    df = frame.withColumn("x", F.when(F.col("id") == 13, F.array(*[F.lit(float("nan"))] * 4)).otherwise(F.col("x")))
+    _fit_fails(_model(), df, DataError, "'x'", "NaN or infinite", "at row", "allow_non_finite=True")
+
+
+def test_infinite_label_is_an_error_too(frame):
+    df = frame.withColumn("y", F.when(F.col("id") == 3, F.lit(float("inf"))).otherwise(F.col("y")))
+    _fit_fails(_model(), df, DataError, "'y'", "NaN or infinite")
+
+
+def test_allow_non_finite_keeps_keras_behaviour(frame):
+    df = frame.withColumn("y", F.when(F.col("id") == 3, F.lit(float("nan"))).otherwise(F.col("y")))
+    model = _model()
+    history = model.fit(df, batch_size=8, epochs=1, verbose=0, allow_non_finite=True)
+    assert len(history.history["loss"]) == 1
+
+
+def test_value_beyond_the_input_dtype_is_an_error(frame):
+    x = keras.Input(shape=(), name="code", dtype="int8")
+    model = KerasSparkModel(x, keras.layers.Dense(1, name="y")(keras.layers.Reshape((1,))(keras.ops.cast(x, "float32"))))
+    model.compile("sgd", "mse")
+    df = frame.withColumn("code", F.when(F.col("id") == 7, F.lit(300)).otherwise(F.lit(1)).cast("long"))
+    _fit_fails(model, df, DataError, "'code'", "300", "int8 cannot represent")

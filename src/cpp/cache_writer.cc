@@ -91,7 +91,13 @@ void CacheWriter::write(const ArrowSchema& schema, const ArrowArray& batch) {
       convert_rows(view, 0, n, col.target, buffer_.data());
     } catch (const ColumnError& e) {
       if (e.row < 0) throw;
-      throw ColumnError(std::string(e.what()) + " of a batch, in partition id " + std::to_string(ids[e.row]), e.row);
+      // Where the row is, right after the row: "at row 7 of a batch, in partition id 3; ..."
+      std::string message = e.what();
+      const std::string at = "at row " + std::to_string(e.row);
+      const size_t p = message.find(at);
+      const std::string where = " of a batch, in partition id " + std::to_string(ids[e.row]);
+      if (p == std::string::npos) message += where; else message.insert(p + at.size(), where);
+      throw ColumnError(message, e.row);
     }
     if (!buffer_.empty() && std::fwrite(buffer_.data(), 1, buffer_.size(), files_[c]) != buffer_.size())
       throw std::runtime_error("cannot write cache file " + paths_[c] + " (disk full?)");

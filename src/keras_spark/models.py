@@ -35,7 +35,7 @@ class KerasSparkModel(keras.Model):
 
     # -- training -------------------------------------------------------------------
     def fit(self, x=None, y=None, batch_size=None, epochs=1, *args, partition_col=_UNSET,
-            num_parallel_calls=_UNSET, cache_dir=_UNSET, num_workers=_UNSET, **kwargs):
+            num_parallel_calls=_UNSET, cache_dir=_UNSET, num_workers=_UNSET, allow_non_finite=_UNSET, **kwargs):
         """keras.Model.fit; with a Spark DataFrame `x`, trains on its columns.
 
         Spark-only keywords: `partition_col` (default "partition_id": integer ids 0..n,
@@ -44,10 +44,11 @@ class KerasSparkModel(keras.Model):
         its dense cache; must be visible to executors and driver; default a temporary
         directory, removed after fit), `num_workers` (default 1: train on the driver; N > 1:
         N data-parallel JAX processes in one Spark barrier stage on the executors, with
-        `batch_size` the global batch).
+        `batch_size` the global batch), `allow_non_finite` (default False: a NaN or infinite
+        feature or label is an error naming the column and row; True keeps Keras's own behaviour).
         """
         spark_only = dict(partition_col=partition_col, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir,
-                          num_workers=num_workers)
+                          num_workers=num_workers, allow_non_finite=allow_non_finite)
         if not is_spark_dataframe(x):
             _reject_spark_keywords(spark_only, "fit")
             if is_spark_dataframe(kwargs.get("validation_data")):
@@ -62,9 +63,12 @@ class KerasSparkModel(keras.Model):
             **{k: v for k, v in spark_only.items() if v is not _UNSET}, **kwargs,
         )
 
-    def evaluate(self, x=None, y=None, batch_size=None, *args, partition_col=_UNSET, cache_dir=_UNSET, **kwargs):
-        """keras.Model.evaluate; with a Spark DataFrame `x`, evaluates on its columns (on the driver)."""
-        spark_only = dict(partition_col=partition_col, cache_dir=cache_dir)
+    def evaluate(self, x=None, y=None, batch_size=None, *args, partition_col=_UNSET, cache_dir=_UNSET,
+                 allow_non_finite=_UNSET, **kwargs):
+        """keras.Model.evaluate; with a Spark DataFrame `x`, evaluates on its columns (on the driver).
+
+        Takes fit's `partition_col`, `cache_dir` and `allow_non_finite`."""
+        spark_only = dict(partition_col=partition_col, cache_dir=cache_dir, allow_non_finite=allow_non_finite)
         if not is_spark_dataframe(x):
             _reject_spark_keywords(spark_only, "evaluate")
             return super().evaluate(x, y, batch_size, *args, **kwargs)

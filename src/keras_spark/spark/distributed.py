@@ -123,7 +123,7 @@ def _rows_by_partition(df, partition_col: str) -> dict[int, int]:
 
 def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, epochs: int, partition_col: str,
                     num_parallel_calls, cache_dir, shuffle: bool, validation_data, initial_epoch: int,
-                    callbacks=None, verbose="auto", **fit_kwargs):
+                    callbacks=None, verbose="auto", allow_non_finite: bool = False, **fit_kwargs):
     """fit on N barrier tasks; `bindings` (and validation_data's schema) are already checked."""
     import keras
 
@@ -171,7 +171,7 @@ def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, e
         callbacks=_pickled(callbacks or []), cache_dir=cache_dir, bindings=bindings,
         columns=[b.core_spec(names.index(b.column)) for b in bindings], pid_index=names.index(partition_col),
         partition_col=partition_col, validation_offset=offset,
-        validation_local_batch=validation_batch_size // num_workers,
+        validation_local_batch=validation_batch_size // num_workers, allow_non_finite=allow_non_finite,
     )
     model_bytes = model_to_bytes(model)
     task = functools.partial(_barrier_task, job=job, model_bytes=spark.sparkContext.broadcast(model_bytes))
@@ -264,7 +264,8 @@ def _barrier_task(batches, *, job: dict, model_bytes):
         os.makedirs(job["cache_dir"], exist_ok=True)
     workdir = tempfile.mkdtemp(prefix=f"keras_spark_worker{rank}_", dir=job["cache_dir"])
     try:
-        info = json.loads(_write_rows(batches, os.path.join(workdir, "rows"), job["columns"], job["pid_index"]))
+        info = json.loads(_write_rows(batches, os.path.join(workdir, "rows"), job["columns"], job["pid_index"],
+                                      job["allow_non_finite"]))
         info["stray"] = _stray_ids(info, job["owner"], rank)
         info["train_rows"], info["validation_rows"] = _split_rows(info, job["validation_offset"])
         if rank == 0:

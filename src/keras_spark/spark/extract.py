@@ -58,9 +58,9 @@ class CachedData:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _write_rows(batches, prefix: str, columns, pid_index: int) -> str:
+def _write_rows(batches, prefix: str, columns, pid_index: int, allow_non_finite: bool = False) -> str:
     """Feed Arrow batches to one CacheWriter; the task's summary as JSON (errors are data)."""
-    writer = _core.CacheWriter(prefix, columns, pid_index)
+    writer = _core.CacheWriter(prefix, columns, pid_index, allow_non_finite=allow_non_finite)
     try:
         for batch in batches:
             writer.write(*batch.__arrow_c_array__())
@@ -71,13 +71,13 @@ def _write_rows(batches, prefix: str, columns, pid_index: int) -> str:
     return json.dumps(writer.finish())
 
 
-def _write_task(batches, *, directory: str, columns, pid_index: int):
+def _write_task(batches, *, directory: str, columns, pid_index: int, allow_non_finite: bool):
     """Executor side of the Spark pass (mapInArrow): one summary row per task."""
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
     task = f"{ctx.partitionId()}-{ctx.attemptNumber()}-{ctx.taskAttemptId()}" if ctx else str(os.getpid())
-    info = _write_rows(batches, os.path.join(directory, f"task-{task}"), columns, pid_index)
+    info = _write_rows(batches, os.path.join(directory, f"task-{task}"), columns, pid_index, allow_non_finite)
     yield pa.RecordBatch.from_pydict({"info": [info]})
 
 
@@ -104,14 +104,15 @@ def _is_local(spark) -> bool:
 
 
 def extract(df, bindings: list[ColumnBinding], partition_col: str, *, cache_dir: str | None = None,
-            stream: bool | None = None) -> CachedData:
+            stream: bool | None = None, allow_non_finite: bool = False) -> CachedData:
     """Read `df` once and cache its bound columns; raises DataError for bad values.
 
     `cache_dir` must be visible to executors and driver alike (always true for a
     local master); without one a temporary directory is made and removed by
     `CachedData.remove`. `stream` forces (True) or forbids (False) the path through
     the driver; by default it is taken when the master is not local and no
-    `cache_dir` is given.
+    `cache_dir` is given. NaN or infinite values are a DataError naming the column
+    and row unless `allow_non_finite`.
     """
     directory = tempfile.mkdtemp(prefix="keras_spark_", dir=cache_dir)
     if stream is None:
@@ -121,9 +122,10 @@ def extract(df, bindings: list[ColumnBinding], partition_col: str, *, cache_dir:
     pid_index = names.index(partition_col)
     try:
         if stream:
-            infos = _extract_through_driver(selected, directory, columns, pid_index)
+            infos = _extract_through_driver(selected, directory, columns, pid_index, allow_non_finite)
         else:
-            task = functools.partial(_write_task, directory=directory, columns=columns, pid_index=pid_index)
+            task = functools.partial(_write_task, directory=directory, columns=columns, pid_index=pid_index,
+                                     allow_non_finite=allow_non_finite)
             infos = [json.loads(row["info"]) for row in selected.mapInArrow(task, _INFO_SCHEMA).collect()]
         return _assemble(directory, bindings, infos)
     except BaseException:
@@ -131,14 +133,15 @@ def extract(df, bindings: list[ColumnBinding], partition_col: str, *, cache_dir:
         raise
 
 
-def _extract_through_driver(selected, directory: str, columns, pid_index: int) -> list[dict]:
+def _extract_through_driver(selected, directory: str, columns, pid_index: int, allow_non_finite: bool) -> list[dict]:
     # Each Spark partition arrives sorted by partition id; the writer starts a new
     # run wherever the id changes, so one writer takes them all.
     def batches():
         for row in selected.mapInArrow(_to_ipc, "ipc binary").toLocalIterator(prefetchPartitions=True):
             yield from pa.ipc.open_stream(row["ipc"])
 
-    return [json.loads(_write_rows(batches(), os.path.join(directory, "driver"), columns, pid_index))]
+    return [json.loads(_write_rows(batches(), os.path.join(directory, "driver"), columns, pid_index,
+                                   allow_non_finite))]
 
 
 def _assemble(directory: str, bindings: list[ColumnBinding], infos: list[dict]) -> CachedData:

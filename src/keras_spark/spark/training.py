@@ -35,8 +35,8 @@ def _reject(name: str, value, why: str) -> None:
 
 
 @contextlib.contextmanager
-def _cached(df, bindings, partition_col, cache_dir):
-    cached = extract(df, bindings, partition_col, cache_dir=cache_dir)
+def _cached(df, bindings, partition_col, cache_dir, allow_non_finite=False):
+    cached = extract(df, bindings, partition_col, cache_dir=cache_dir, allow_non_finite=allow_non_finite)
     try:
         yield cached
     finally:
@@ -61,7 +61,8 @@ def _report(stats: dict) -> str:
 def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, partition_col="partition_id",
                   num_parallel_calls=None, cache_dir=None, shuffle=True, validation_data=None,
                   validation_split=0.0, validation_batch_size=None, sample_weight=None, initial_epoch=0,
-                  steps_per_epoch=None, validation_steps=None, num_workers=1, **keras_kwargs):
+                  steps_per_epoch=None, validation_steps=None, num_workers=1, allow_non_finite=False,
+                  **keras_kwargs):
     """Model.fit on a DataFrame: labels are the columns named like the outputs."""
     _reject("y", y, "labels are the columns named like the model's outputs")
     _reject("sample_weight", sample_weight, "put weights in the loss or filter rows in Spark")
@@ -81,16 +82,17 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
             model, df, train_bindings, num_workers=num_workers, batch_size=batch_size, epochs=epochs,
             partition_col=partition_col, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir,
             shuffle=shuffle, validation_data=validation_data, validation_batch_size=validation_batch_size,
-            initial_epoch=initial_epoch, **keras_kwargs,
+            initial_epoch=initial_epoch, allow_non_finite=allow_non_finite, **keras_kwargs,
         )
     seed = random.getrandbits(63)  # keras.utils.set_random_seed seeds `random`
 
     verbose = keras_kwargs.get("verbose", "auto")
     with contextlib.ExitStack() as stack:
         started = time.perf_counter()
-        cached = stack.enter_context(_cached(df, train_bindings, partition_col, cache_dir))
+        cached = stack.enter_context(_cached(df, train_bindings, partition_col, cache_dir, allow_non_finite))
         if spark_validation:
-            val_cached = stack.enter_context(_cached(validation_data, val_bindings, partition_col, cache_dir))
+            val_cached = stack.enter_context(
+                _cached(validation_data, val_bindings, partition_col, cache_dir, allow_non_finite))
         feed = _feed(model, cached, batch_size, shuffle=shuffle, seed=seed,
                      num_parallel_calls=num_parallel_calls, first_epoch=initial_epoch)
         stack.callback(feed.close)
@@ -113,12 +115,12 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
 
 
 def evaluate_dataframe(model, df, *, y=None, batch_size=None, super_evaluate, partition_col="partition_id",
-                       cache_dir=None, sample_weight=None, steps=None, **keras_kwargs):
+                       cache_dir=None, sample_weight=None, steps=None, allow_non_finite=False, **keras_kwargs):
     """Model.evaluate on a DataFrame, in row order, on the driver."""
     _reject("y", y, "labels are the columns named like the model's outputs")
     _reject("sample_weight", sample_weight, "put weights in the loss or filter rows in Spark")
     bindings = _bind(model, df, partition_col, with_labels=True)
-    with _cached(df, bindings, partition_col, cache_dir) as cached:
+    with _cached(df, bindings, partition_col, cache_dir, allow_non_finite) as cached:
         feed = _feed(model, cached, int(batch_size or 32), shuffle=False, seed=0, num_parallel_calls=1)
         try:
             return super_evaluate(keras_input(feed), steps=steps or feed.steps_per_epoch, **keras_kwargs)
