@@ -27,8 +27,7 @@ void ArrowView::malformed(const std::string& what) const {
                     "): " + what);
 }
 
-void ArrowView::need_buffers(int64_t n, const std::string& column) const {
-  (void)column;
+void ArrowView::need_buffers(int64_t n) const {
   if (array_->n_buffers != n) malformed("expected " + std::to_string(n) + " buffers, found " +
                                         std::to_string(array_->n_buffers));
   if (n > 0 && !array_->buffers) malformed("no buffers");
@@ -48,7 +47,7 @@ void ArrowView::parse(const std::string& column) {
   const bool nested = f == "+l" || f == "+L" || f.rfind("+w:", 0) == 0;
   const bool known = is_number_format(schema_->format) || nested || f == "+s";
   if (!known && !dictionary) return;  // Unsupported: only described
-  need_buffers(f == "+s" || f.rfind("+w:", 0) == 0 ? 1 : 2, column);
+  need_buffers(f == "+s" || f.rfind("+w:", 0) == 0 ? 1 : 2);
   if (array_->null_count != 0 && array_->buffers[0]) validity_ = static_cast<const uint8_t*>(array_->buffers[0]);
   values_ = array_->n_buffers > 1 ? array_->buffers[1] : nullptr;
   if (dictionary) {
@@ -153,6 +152,27 @@ ListRange ArrowView::list_ranges(int64_t begin, int64_t end) const {
   }
   if (r.begin < 0 || r.end < r.begin || r.end > child_length) malformed("list offsets outside the values");
   return r;
+}
+
+template <typename Offset>
+static int64_t first_other_length(const Offset* off, int64_t length, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i)
+    if (off[i + 1] - off[i] != length) return i;
+  return -1;
+}
+
+int64_t ArrowView::first_length_other_than(int64_t length, int64_t begin, int64_t end) const {
+  if (begin >= end) return -1;
+  if (begin < 0 || end > length_) malformed("list entry outside the array");
+  int64_t found = -1;
+  if (kind_ == ArrowKind::FixedList) found = fixed_size_ != length ? begin : -1;
+  else if (kind_ == ArrowKind::List)
+    found = first_other_length(static_cast<const int32_t*>(values_), length, first_ + begin, first_ + end);
+  else if (kind_ == ArrowKind::LargeList)
+    found = first_other_length(static_cast<const int64_t*>(values_), length, first_ + begin, first_ + end);
+  else
+    malformed("internal: list lengths of a non-list");
+  return found < 0 ? -1 : found - (kind_ == ArrowKind::FixedList ? 0 : first_);
 }
 
 int64_t ArrowView::integer(int64_t i) const {

@@ -68,6 +68,8 @@ class ArrowView {
   int64_t first_null(int64_t begin, int64_t end) const;  // first null entry in [begin, end), or -1
   ListRange list_range(int64_t i) const;                  // list kinds; checked against the child
   ListRange list_ranges(int64_t begin, int64_t end) const;  // values of entries [begin, end)
+  // First list entry in [begin, end) whose length is not `length`, or -1 (one tight loop over the offsets).
+  int64_t first_length_other_than(int64_t length, int64_t begin, int64_t end) const;
   int64_t integer(int64_t i) const;  // an integer Number (or a Dictionary's index) as int64
   const void* values() const { return values_; }  // Number: the value buffer
   int64_t physical(int64_t i) const { return first_ + i; }
@@ -75,7 +77,7 @@ class ArrowView {
  private:
   void parse(const std::string& column);
   void parse_vector(const std::string& column);
-  void need_buffers(int64_t n, const std::string& column) const;
+  void need_buffers(int64_t n) const;
   [[noreturn]] void malformed(const std::string& what) const;
 
   const ArrowSchema* schema_;

@@ -120,16 +120,10 @@ class Converter {
     const int64_t j = v.first_null(lo, hi);
     if (j >= 0) null_error(t_.name, rows.of(j), level == 0 ? "value" : "nested array element");
     const int64_t dim = t_.shape[level];
-    if (v.kind() == ArrowKind::FixedList) {
-      if (v.fixed_size() != dim) length_error(t_, level, dim, v.fixed_size(), rows.of(lo));
-    } else {
-      for (int64_t i = lo; i < hi; ++i) {
-        const int64_t length = v.list_range(i).length();
-        if (length != dim) length_error(t_, level, dim, length, rows.of(i));
-      }
-    }
+    const int64_t i = v.first_length_other_than(dim, lo, hi);
+    if (i >= 0) length_error(t_, level, dim, v.list_range(i).length(), rows.of(i));
     if (dim == 0) return;
-    const ListRange values = v.list_ranges(lo, hi);  // contiguous: every entry has length dim
+    const ListRange values = v.list_ranges(lo, hi);  // contiguous: every entry has length dim; checked in bounds
     run(v.child(), values.begin, values.end, level + 1, {rows.first_row, values.begin, rows.per_row * dim}, out);
   }
 
