@@ -37,10 +37,9 @@ void ArrowView::need_buffers(int64_t n) const {
 
 void ArrowView::parse(const std::string& column) {
   if (!schema_->format) malformed("no format");
-  if (first_ < 0 || length_ < 0 || array_->offset < 0 || array_->length < 0 || first_ - array_->offset + length_ >
-                                                                                   array_->length)
-    malformed("entries " + std::to_string(first_ - array_->offset) + ".." + std::to_string(first_ - array_->offset +
-                                                                                       length_) +
+  const int64_t begin = first_ - array_->offset;  // entries [begin, begin + length_) of the array
+  if (array_->offset < 0 || array_->length < 0 || begin < 0 || length_ < 0 || begin + length_ > array_->length)
+    malformed("entries " + std::to_string(begin) + ".." + std::to_string(begin + length_) +
               " are outside its length " + std::to_string(array_->length));
   const std::string f = schema_->format;
   const bool dictionary = schema_->dictionary != nullptr || array_->dictionary != nullptr;

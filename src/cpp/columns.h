@@ -1,9 +1,10 @@
-// Typed views over Arrow arrays and their conversion to dense row-major tensors.
+// Arrow columns (read through arrow_reader.h) converted to dense row-major tensors.
 //
 // A column is a number, a list of numbers nested to any depth (list, large_list,
-// fixed_size_list), or Spark ML's vector struct. Conversion checks what Keras
-// cannot: nulls anywhere, list lengths against the per-row shape, and casts to
-// the target dtype in one tight loop over the contiguous leaf values.
+// fixed_size_list), Spark ML's vector struct (alone or inside lists), or any of these
+// dictionary-encoded. Conversion checks what Keras cannot: nulls anywhere, list lengths
+// against the per-row shape, NaN/infinite floats, and values the dtype cannot hold; the
+// contiguous leaf values are cast in one tight loop (casts.h).
 #pragma once
 
 #include <cstddef>
