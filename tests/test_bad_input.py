@@ -138,7 +138,8 @@ def test_allow_non_finite_keeps_keras_behaviour(frame):
 
 def test_value_beyond_the_input_dtype_is_an_error(frame):
     x = keras.Input(shape=(), name="code", dtype="int8")
-    model = KerasSparkModel(x, keras.layers.Dense(1, name="y")(keras.layers.Reshape((1,))(keras.ops.cast(x, "float32"))))
+    as_float = keras.layers.Reshape((1,))(keras.ops.cast(x, "float32"))
+    model = KerasSparkModel(x, keras.layers.Dense(1, name="y")(as_float))
     model.compile("sgd", "mse")
     df = frame.withColumn("code", F.when(F.col("id") == 7, F.lit(300)).otherwise(F.lit(1)).cast("long"))
     _fit_fails(model, df, DataError, "'code'", "300", "int8 cannot represent")

@@ -15,7 +15,8 @@ def dense(array, dtype="float32", shape=(), name="col", **options):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
 def test_non_finite_float_is_an_error_naming_column_and_row(bad):
-    with pytest.raises(_core.ColumnError, match=r"column 'x' has a NaN or infinite value .* at row 2.*allow_non_finite"):
+    pattern = r"column 'x' has a NaN or infinite value .* at row 2.*allow_non_finite"
+    with pytest.raises(_core.ColumnError, match=pattern):
         dense(pa.array([1.0, 2.0, bad, 4.0]), name="x")
 
 
@@ -48,7 +49,8 @@ def test_non_finite_in_a_sparse_vector_is_an_error():
     ([1.0, -3.0], pa.float32(), "uint16", "-3"),
 ])
 def test_value_the_dtype_cannot_hold_is_an_error_naming_column_row_and_value(values, arrow_type, dtype, shown):
-    with pytest.raises(_core.ColumnError, match=rf"column 'y' has the value {re.escape(shown)} at row 1, which {dtype} cannot"):
+    pattern = rf"column 'y' has the value {re.escape(shown)} at row 1, which {dtype} cannot"
+    with pytest.raises(_core.ColumnError, match=pattern):
         dense(pa.array(values, arrow_type), dtype, name="y")
 
 
