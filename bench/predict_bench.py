@@ -64,8 +64,10 @@ def measure(contender: str, rows: int, repeat: int) -> float:
     if contender == "limit_numpy":
         (x,) = to_numpy(df, "x")
         seconds, _ = timed(lambda: model.predict(x, batch_size=BATCH, verbose=0), repeat=repeat)
-    elif contender == "keras_spark":
-        seconds, _ = timed(lambda: noop(model.predict(df, batch_size=BATCH)), repeat=repeat)
+    elif contender.startswith("keras_spark"):
+        # keras_spark: batch 512; keras_spark_default: no batch_size (sized by bytes); keras_spark_32: Keras's 32
+        batch = {"keras_spark": BATCH, "keras_spark_default": None, "keras_spark_32": 32}[contender]
+        seconds, _ = timed(lambda: noop(model.predict(df, batch_size=batch)), repeat=repeat)
     else:
         path = os.path.join(tempfile.mkdtemp(), "model.keras")
         model.save(path)
@@ -86,7 +88,7 @@ def main():
     # Each contender runs in its own process: Spark reuses Python workers across jobs, and
     # what one contender leaves in them (imports, a frozen collector) must not help another.
     seconds = {}
-    for contender in ("keras_spark", "predict_batch_udf", "limit_numpy"):
+    for contender in ("keras_spark", "keras_spark_default", "keras_spark_32", "predict_batch_udf", "limit_numpy"):
         done = subprocess.run([sys.executable, __file__, "--only", contender, "--rows", str(args.rows),
                                "--repeat", str(args.repeat)], capture_output=True, text=True, check=True)
         seconds[contender] = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
@@ -96,7 +98,8 @@ def main():
         "rows_per_s": {name: rows / s for name, s in seconds.items()},
         "seconds": seconds,
         "ratios": {"keras_spark_vs_predict_batch_udf": seconds["predict_batch_udf"] / seconds["keras_spark"],
-                   "keras_spark_vs_limit": seconds["limit_numpy"] / seconds["keras_spark"]},
+                   "keras_spark_vs_limit": seconds["limit_numpy"] / seconds["keras_spark"],
+                   "default_batch_vs_batch_32": seconds["keras_spark_32"] / seconds["keras_spark_default"]},
     })
 
 

@@ -19,9 +19,9 @@ def _model(shape=(4,), name="x", label="y"):
     return model
 
 
-def _fit_fails(model, df, error, *patterns, **kwargs):
+def _fit_fails(model, df, error, *patterns, batch_size_override=8, **kwargs):
     with pytest.raises(error) as caught:
-        model.fit(df, batch_size=8, epochs=1, verbose=0, **kwargs)
+        model.fit(df, batch_size=batch_size_override, epochs=1, verbose=0, **kwargs)
     message = str(caught.value)
     for pattern in patterns:
         assert pattern in message, message
@@ -117,6 +117,47 @@ def test_spark_keywords_with_numpy_data_are_rejected_like_keras_would():
 def test_predict_names_a_missing_input_column(frame):
     with pytest.raises(BindingError, match="'pixels'"):
         _model(name="pixels").predict(frame)
+
+
+def test_label_wider_than_its_output(frame):
+    df = frame.withColumn("y", F.array(F.col("y"), F.col("y")))
+    _fit_fails(_model(), df, DataError, "'y'", "(2,)", "(1,)")
+
+
+def test_label_wider_than_its_output_in_evaluate(frame):
+    df = frame.withColumn("y", F.array(F.col("y"), F.col("y")))
+    with pytest.raises(DataError, match="'y'"):
+        _model().evaluate(df, batch_size=8, verbose=0)
+
+
+def test_integer_class_label_beside_a_k_wide_output_trains(frame):
+    x = keras.Input(shape=(4,), name="x")
+    model = KerasSparkModel(x, keras.layers.Dense(3, activation="softmax", name="y")(x))
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    df = frame.withColumn("y", (F.col("id") % 3).cast("int"))
+    model.fit(df, batch_size=8, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 5
+
+
+def test_float_label_beside_a_k_wide_output_is_refused(frame):
+    x = keras.Input(shape=(4,), name="x")
+    model = KerasSparkModel(x, keras.layers.Dense(3, name="y")(x))
+    model.compile("sgd", "mse")
+    _fit_fails(model, frame, DataError, "'y'", "(3,)")
+
+
+@pytest.mark.parametrize("bad", [0, -4])
+def test_batch_size_that_is_not_positive_is_refused(frame, bad):
+    _fit_fails(_model(), frame, ValueError, "batch_size", str(bad), batch_size_override=bad)
+
+
+def test_batch_size_that_is_not_an_integer_is_refused(frame):
+    _fit_fails(_model(), frame, TypeError, "batch_size", "2.5", batch_size_override=2.5)
+
+
+def test_predict_batch_size_zero_is_refused(frame):
+    with pytest.raises(ValueError, match="batch_size"):
+        _model().predict(frame, batch_size=0)
 
 
 def test_nan_feature_names_the_column_and_row(frame):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pyspark.sql import types as T
 
-from keras_spark.errors import BindingError
+from keras_spark.errors import BindingError, DataError
 
 _INTEGER_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
 _NUMERIC_TYPES = _INTEGER_TYPES + (T.FloatType, T.DoubleType, T.BooleanType)
@@ -146,4 +146,35 @@ def check_partition_column(schema: T.StructType, partition_col: str) -> None:
         raise BindingError(
             f"partition column '{partition_col}' has type {describe_type(field.dataType)}; expected an integer "
             f"type (int/bigint) holding partition ids 0..n"
+        )
+
+
+def _same_shape(label: tuple[int, ...], output: tuple) -> bool:
+    """Equal where the output's dimension is known; a trailing 1 on either side is the same row."""
+    strip = lambda s: s[:-1] if s and s[-1] == 1 else s  # noqa: E731
+    label, output = strip(tuple(label)), strip(tuple(output))
+    return len(label) == len(output) and all(o is None or o == d for d, o in zip(label, output))
+
+
+def check_label_shapes(model, bindings: list[ColumnBinding], shapes: list[tuple[int, ...]]) -> None:
+    """Each label's per-row shape (known after the data is read) must match its output's.
+
+    Keras would broadcast a mismatch silently (a 2-wide label against a 1-unit output trains
+    on the wrong loss). The one legitimate mismatch is an integer class label beside a
+    k-wide output of scores (sparse categorical): the label's shape is the output's minus
+    its last dimension.
+    """
+    outputs = dict(zip(model.output_names, model.outputs, strict=True))
+    for b, shape in zip(bindings, shapes, strict=True):
+        if b.role != "label":
+            continue
+        output = tuple(outputs[b.keras_name].shape[1:])
+        if _same_shape(shape, output):
+            continue
+        if b.dtype.startswith("int") and output and _same_shape(shape, output[:-1]):
+            continue
+        raise DataError(
+            f"label column '{b.column}' has per-row shape {tuple(shape)}, but Keras output '{b.keras_name}' has "
+            f"per-row shape {output}; Keras would broadcast the loss over the mismatch. Make the column match the "
+            f"output (or, for class ids with a sparse loss, give integer labels of shape {output[:-1] or ()})"
         )

@@ -75,12 +75,12 @@ class BatchFeed:
         self.steps_per_epoch = math.ceil(cached.rows / self.batch_size)
         self.columns = cached.column_specs()
         names = [b.keras_name for b in cached.bindings]
-        self._inputs = _packer(model._inputs_struct, [names.index(t.name) for t in model.inputs])
-        self.structure = (model._inputs_struct,)
+        self._inputs = _packer(model.input, [names.index(t.name) for t in model.inputs])
+        self.structure = (model.input,)
         self._labels = None
         if any(b.role == "label" for b in cached.bindings):
-            self._labels = _packer(model._outputs_struct, [names.index(n) for n in model.output_names])
-            self.structure = (model._inputs_struct, model._outputs_struct)
+            self._labels = _packer(model.output, [names.index(n) for n in model.output_names])
+            self.structure = (model.input, model.output)
 
     def pack(self, arrays):
         if self._labels is None:

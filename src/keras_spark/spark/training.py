@@ -8,14 +8,14 @@ before the first training step.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import random
+import time
 
 import keras
 
 from keras_spark import binding
 from keras_spark.errors import BindingError
-import time
-
 from keras_spark.feed import BatchFeed, batches_per_pull, keras_input
 from keras_spark.spark import is_spark_dataframe
 from keras_spark.spark.extract import extract
@@ -34,10 +34,22 @@ def _reject(name: str, value, why: str) -> None:
         raise BindingError(f"{name} is not supported with a Spark DataFrame: {why}")
 
 
+def batch_size_or_default(value, name: str = "batch_size") -> int:
+    """Keras's default of 32 for None; anything but a positive integer is refused (not silently 32)."""
+    if value is None:
+        return 32
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer; got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value}")
+    return int(value)
+
+
 @contextlib.contextmanager
-def _cached(df, bindings, partition_col, cache_dir, allow_non_finite=False):
+def _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite=False):
     cached = extract(df, bindings, partition_col, cache_dir=cache_dir, allow_non_finite=allow_non_finite)
     try:
+        binding.check_label_shapes(model, cached.bindings, cached.shapes)
         yield cached
     finally:
         cached.remove()
@@ -67,7 +79,9 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     _reject("y", y, "labels are the columns named like the model's outputs")
     _reject("sample_weight", sample_weight, "put weights in the loss or filter rows in Spark")
     _reject("validation_split", validation_split, "pass validation_data=<DataFrame> (e.g. from df.randomSplit)")
-    batch_size = int(batch_size or 32)
+    batch_size = batch_size_or_default(batch_size)
+    if validation_batch_size is not None:
+        validation_batch_size = batch_size_or_default(validation_batch_size, "validation_batch_size")
     if not isinstance(num_workers, int) or num_workers < 1:
         raise BindingError(f"num_workers must be a positive integer; got {num_workers!r}")
     train_bindings = _bind(model, df, partition_col, with_labels=True)
@@ -89,10 +103,10 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     verbose = keras_kwargs.get("verbose", "auto")
     with contextlib.ExitStack() as stack:
         started = time.perf_counter()
-        cached = stack.enter_context(_cached(df, train_bindings, partition_col, cache_dir, allow_non_finite))
+        cached = stack.enter_context(_cached(model, df, train_bindings, partition_col, cache_dir, allow_non_finite))
         if spark_validation:
             val_cached = stack.enter_context(
-                _cached(validation_data, val_bindings, partition_col, cache_dir, allow_non_finite))
+                _cached(model, validation_data, val_bindings, partition_col, cache_dir, allow_non_finite))
         feed = _feed(model, cached, batch_size, shuffle=shuffle, seed=seed,
                      num_parallel_calls=num_parallel_calls, first_epoch=initial_epoch)
         stack.callback(feed.close)
@@ -120,8 +134,8 @@ def evaluate_dataframe(model, df, *, y=None, batch_size=None, super_evaluate, pa
     _reject("y", y, "labels are the columns named like the model's outputs")
     _reject("sample_weight", sample_weight, "put weights in the loss or filter rows in Spark")
     bindings = _bind(model, df, partition_col, with_labels=True)
-    with _cached(df, bindings, partition_col, cache_dir, allow_non_finite) as cached:
-        feed = _feed(model, cached, int(batch_size or 32), shuffle=False, seed=0, num_parallel_calls=1)
+    with _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite) as cached:
+        feed = _feed(model, cached, batch_size_or_default(batch_size), shuffle=False, seed=0, num_parallel_calls=1)
         try:
             return super_evaluate(keras_input(feed), steps=steps or feed.steps_per_epoch, **keras_kwargs)
         finally:
