@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from keras_spark import _core
+from keras_spark.shutdown import NativeHandle
 from keras_spark.spark.extract import CachedData
 
 TF_BATCHES_PER_PULL = 16
@@ -66,10 +67,12 @@ class BatchFeed:
         self.batch_size = int(batch_size)
         self.batches_per_pull = int(batches_per_pull)
         # No rows (a data-parallel worker given no validation ids): nothing to read, only pads.
-        self.pipeline = _core.Pipeline(
+        pipeline = _core.Pipeline(
             cached.chunk_files, cached.column_specs(), cached.partitions, self.batch_size * self.batches_per_pull,
             bool(shuffle), int(seed), cycle, threads, 2 * threads + 2, int(first_epoch),
         ) if cached.rows else None
+        # Closed with this feed or at exit, even when the fit using it never returns.
+        self._pipeline = NativeHandle(self, pipeline) if pipeline is not None else None
         self.rows = cached.rows
         self.steps_per_epoch = math.ceil(cached.rows / self.batch_size)
         self.columns = cached.column_specs()
@@ -80,6 +83,11 @@ class BatchFeed:
         if any(b.role == "label" for b in cached.bindings):
             self._labels = _packer(model._outputs_struct, [names.index(n) for n in model.output_names])
             self.structure = (model._inputs_struct, model._outputs_struct)
+
+    @property
+    def pipeline(self):
+        """The C++ pipeline (None when there are no rows); RuntimeError once closed."""
+        return self._pipeline.get() if self._pipeline is not None else None
 
     def pack(self, arrays):
         if self._labels is None:
@@ -95,8 +103,8 @@ class BatchFeed:
         return dict(self.pipeline.stats())
 
     def close(self) -> None:
-        if self.pipeline is not None:
-            self.pipeline.close()
+        if self._pipeline is not None:
+            self._pipeline.close()
 
 
 def _tf_dataset(feed: BatchFeed):
