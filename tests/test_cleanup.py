@@ -36,15 +36,10 @@ def _dir_owned_by(parent, owner: scratch.Owner) -> str:
     return path
 
 
-def _owner_of_process(pid: int) -> scratch.Owner:
-    me = scratch.Owner.current()
-    return scratch.Owner(me.host, me.boot, pid, scratch._start_time(pid))
-
-
 # -- ownership, sweeping ---------------------------------------------------------------------
 def test_a_directory_of_a_dead_process_is_swept_by_the_next_make_dir(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    stale = _dir_owned_by(tmp_path, _owner_of_process(child.pid))
+    stale = _dir_owned_by(tmp_path, scratch.Owner.of_process(child.pid))
     child.kill()
     child.wait()
     made = scratch.make_dir(parent=str(tmp_path))
@@ -58,7 +53,7 @@ def test_a_directory_of_a_dead_process_is_swept_by_the_next_make_dir(tmp_path):
 def test_a_directory_of_a_live_process_is_not_swept(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        live = _dir_owned_by(tmp_path, _owner_of_process(child.pid))
+        live = _dir_owned_by(tmp_path, scratch.Owner.of_process(child.pid))
         assert scratch.sweep(str(tmp_path)) == []
         assert os.path.exists(os.path.join(live, "data.bin"))
     finally:
@@ -185,8 +180,7 @@ def lifecycle(tmp_path):
         def start(self, phase):
             self.tmpdir.mkdir()
             self.markers.mkdir()
-            env = dict(os.environ, TMPDIR=str(self.tmpdir), MARKER_DIR=str(self.markers), KERAS_SPARK_TEST_TAG=self.tag,
-                       PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]))
+            env = dict(os.environ, TMPDIR=str(self.tmpdir), MARKER_DIR=str(self.markers), KERAS_SPARK_TEST_TAG=self.tag)
             self.stderr_path = self.markers / "stderr.txt"
             with open(self.stderr_path, "w") as stderr:  # a file: a full pipe would block the child
                 self.proc = subprocess.Popen(

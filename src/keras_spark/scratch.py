@@ -52,9 +52,13 @@ class Owner:
     start: str | None  # the pid's start time in clock ticks since boot (Linux), else None
 
     @classmethod
-    def current(cls) -> Owner:
-        pid = os.getpid()
+    def of_process(cls, pid: int) -> Owner:
+        """The owner token of a running process of this host."""
         return cls(socket.gethostname(), _boot_id(), pid, _start_time(pid))
+
+    @classmethod
+    def current(cls) -> Owner:
+        return cls.of_process(os.getpid())
 
     def is_alive(self) -> bool:
         """False only when certain: same host, and the pid is gone, reused, a zombie or of an earlier boot."""
