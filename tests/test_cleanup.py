@@ -19,7 +19,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from keras_spark import scratch
-from keras_spark.shutdown import NativeHandle
+from keras_spark.shutdown import NativeHandle, terminate_cleanly
 
 from builders import numeric_frame, regression_model
 
@@ -94,6 +94,24 @@ def test_a_scratch_dir_is_removed_when_its_block_raises(tmp_path):
         Path(path, "rows").write_bytes(b"1234")
         raise RuntimeError("failed inside")
     assert _leftovers(tmp_path) == [] and scratch.owned() == []
+
+
+def test_sigterm_removes_our_directories_then_chains_to_the_previous_handler(tmp_path):
+    received = []
+
+    def record(signum, frame):
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, record)
+    try:
+        with terminate_cleanly():
+            made = scratch.make_dir(parent=str(tmp_path))
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)  # the handler runs in the main thread at the next bytecode
+            assert received == [signal.SIGTERM] and not os.path.exists(made)
+        assert signal.getsignal(signal.SIGTERM) is record  # put back once the block ends
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- native objects ---------------------------------------------------------------------------
