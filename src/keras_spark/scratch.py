@@ -80,9 +80,8 @@ class Owner:
 
 
 def _boot_id() -> str | None:
-    with contextlib.suppress(OSError):
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
     return None
 
 
