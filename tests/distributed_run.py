@@ -6,6 +6,7 @@ local-cluster[2,1,1024]: two executors, and a second attempt for a failed barrie
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -183,3 +184,4 @@ def refusals():
 for scenario in sys.argv[1:] or ["refusals", "same_arithmetic", "uneven", "worker_raises", "resume_after_failure"]:
     globals()[scenario]()
 spark.stop()
+shutil.rmtree(run_tmp, ignore_errors=True)  # the scenarios' own folders (scratch is inside it)
