@@ -6,12 +6,20 @@ local-cluster[2,1,1024]: two executors, and a second attempt for a failed barrie
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
+import uuid
+from pathlib import Path
 
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ["PYSPARK_PYTHON"] = sys.executable
+# Executors and their training processes inherit these: a temporary directory of this run's
+# own (where the workers' caches go) and a tag that finds every process this run started.
+os.environ["TMPDIR"] = run_tmp = tempfile.mkdtemp(prefix="dp_run_tmp_")
+tempfile.tempdir = None
+os.environ["KERAS_SPARK_TEST_TAG"] = run_tag = f"keras_spark_dp_{uuid.uuid4().hex}"
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -25,7 +33,7 @@ from keras_spark.models import KerasSparkModel  # noqa: E402
 spark = (SparkSession.builder.master("local-cluster[2,1,1024]").config("spark.ui.enabled", "false")
          .config("spark.task.maxFailures", "2").config("spark.sql.shuffle.partitions", "4").getOrCreate())
 spark.sparkContext.setLogLevel("OFF")
-scratch = tempfile.mkdtemp(prefix="keras_spark_dp_test_")
+scratch = tempfile.mkdtemp(prefix="dp_test_")
 
 
 def report(name, **figures):
@@ -81,15 +89,46 @@ class RaiseOnRank1(keras.callbacks.Callback):
             raise ValueError("this worker failed on purpose at epoch 1")
 
 
+def _training_processes() -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            tagged = run_tag.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if tagged and b"keras_spark.training_worker" in cmdline:
+            found.append(pid)
+    return found
+
+
+def _left_behind(cache_dir: str, seconds: float = 20.0) -> tuple[list[str], list[str]]:
+    """keras_spark_* directories (executors' temp dir and cache_dir) and training processes still there."""
+    def left():
+        folders = [d for d in (run_tmp, cache_dir) if os.path.isdir(d)]
+        dirs = [name for d in folders for name in os.listdir(d) if name.startswith("keras_spark_")]
+        return dirs, _training_processes()
+
+    deadline = time.monotonic() + seconds
+    while any(left()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left()
+
+
 def worker_raises():
-    m = model()
-    started = time.perf_counter()
-    try:
-        m.fit(frame([400, 400]), batch_size=32, epochs=3, verbose=0, num_workers=2, callbacks=[RaiseOnRank1()])
-        report("worker_raises", raised=None)
-    except Exception as error:  # noqa: BLE001  the test asserts the type and message
-        report("worker_raises", raised=type(error).__name__, message=str(error)[:500],
-               seconds=time.perf_counter() - started)
+    cache_dir = os.path.join(scratch, "worker_raises_cache")
+    for run, kwargs in enumerate([{}, {"cache_dir": cache_dir}]):
+        m = model()
+        started = time.perf_counter()
+        try:
+            m.fit(frame([400, 400]), batch_size=32, epochs=3, verbose=0, num_workers=2, callbacks=[RaiseOnRank1()],
+                  **kwargs)
+            raised = {"raised": None}
+        except Exception as error:  # noqa: BLE001  the test asserts the type and message
+            raised = dict(raised=type(error).__name__, message=str(error)[:500], seconds=time.perf_counter() - started)
+        dirs, processes = _left_behind(cache_dir)
+        report("worker_raises" if run == 0 else "worker_raises_cache_dir", dirs_left=dirs, processes_left=processes,
+               **raised)
 
 
 class FailOnce(keras.callbacks.Callback):
@@ -145,3 +184,4 @@ def refusals():
 for scenario in sys.argv[1:] or ["refusals", "same_arithmetic", "uneven", "worker_raises", "resume_after_failure"]:
     globals()[scenario]()
 spark.stop()
+shutil.rmtree(run_tmp, ignore_errors=True)  # the scenarios' own folders (scratch is inside it)

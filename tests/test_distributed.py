@@ -64,6 +64,19 @@ def test_a_failing_worker_fails_fit_with_its_own_error(scenarios):
     assert result["seconds"] < 120  # no hang: the stage fails, the peer is stopped
 
 
+@pytest.mark.parametrize("scenario", ["worker_raises", "worker_raises_cache_dir"])
+def test_a_failing_run_leaves_no_directory_or_training_process_on_any_executor(scenarios, scenario):
+    result = scenarios[scenario]
+    assert result["raised"] == "TrainingError"
+    assert result["dirs_left"] == []
+    assert result["processes_left"] == []
+
+
+def test_data_stats_rows_count_every_workers_rows_trained(scenarios):
+    result = scenarios["uneven"]
+    assert result["stats"]["rows"] == 3 * result["total"]  # three epochs of all rows, pads excluded
+
+
 def test_backup_and_restore_resumes_after_spark_reruns_the_stage(scenarios):
     result = scenarios["resume_after_failure"]
     assert result["epochs_seen"] == [0, 1, 2, 3]  # epochs 0-1, crash, then 2-3 after the rerun

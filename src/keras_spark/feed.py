@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from keras_spark import _core
+from keras_spark.shutdown import NativeHandle
 from keras_spark.spark.extract import CachedData
 
 TF_BATCHES_PER_PULL = 16
@@ -66,11 +67,13 @@ class BatchFeed:
         self.batch_size = int(batch_size)
         self.batches_per_pull = int(batches_per_pull)
         # No rows (a data-parallel worker given no validation ids): nothing to read, only pads.
-        self.pipeline = _core.Pipeline(
+        pipeline = _core.Pipeline(
             cached.chunk_files, cached.column_specs(), cached.partitions,
             batch_size=self.batch_size * self.batches_per_pull, shuffle=bool(shuffle), seed=int(seed),
             cycle_length=cycle, num_threads=threads, prefetch=2 * threads + 2, first_epoch=int(first_epoch),
         ) if cached.rows else None
+        # Closed with this feed or at exit, even when the fit using it never returns.
+        self._pipeline = NativeHandle(self, pipeline) if pipeline is not None else None
         self.rows = cached.rows
         self.steps_per_epoch = math.ceil(cached.rows / self.batch_size)
         self.columns = cached.column_specs()
@@ -81,6 +84,11 @@ class BatchFeed:
         if any(b.role == "label" for b in cached.bindings):
             self._labels = _packer(model.output, [names.index(n) for n in model.output_names])
             self.structure = (model.input, model.output)
+
+    @property
+    def pipeline(self):
+        """The C++ pipeline (None when there are no rows); RuntimeError once closed."""
+        return self._pipeline.get() if self._pipeline is not None else None
 
     def pack(self, arrays):
         if self._labels is None:
@@ -96,8 +104,8 @@ class BatchFeed:
         return dict(self.pipeline.stats())
 
     def close(self) -> None:
-        if self.pipeline is not None:
-            self.pipeline.close()
+        if self._pipeline is not None:
+            self._pipeline.close()
 
 
 def _tf_dataset(feed: BatchFeed):

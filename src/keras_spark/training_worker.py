@@ -131,8 +131,9 @@ def train(job: dict) -> dict:
     import keras
     from keras.src.saving import serialization_lib
 
-    from keras_spark.feed import BatchFeed, LockstepFeed
+    from keras_spark.feed import BatchFeed, LockstepFeed, lockstep_weights
     from keras_spark.model_bytes import model_from_bytes
+    from keras_spark.progress import RowsTrained
 
     rank, num_workers = job["rank"], job["num_workers"]
     keras.distribution.initialize(job["coordinator"], num_workers, rank)
@@ -157,7 +158,11 @@ def train(job: dict) -> dict:
         val_lockstep = LockstepFeed(val_feed, rank=rank, worker_rows=job["validation_rows"])
         validation = {"validation_data": iter(val_lockstep), "validation_steps": val_lockstep.steps_per_epoch}
     timer = StepTimer()
-    callbacks = _callbacks_for(rank, pickle.loads(job["callbacks"]), job["scratch"]) + [timer.callback, _stop_together()]
+    # Real rows of all workers in each lockstep step (pads excluded), from the shared plan.
+    trained = RowsTrained(lambda k: lockstep_weights(job["worker_rows"], job["local_batch"], k)[0],
+                          lockstep.steps_per_epoch)
+    callbacks = _callbacks_for(rank, pickle.loads(job["callbacks"]), job["scratch"]) + [
+        timer.callback, _stop_together(), trained]
     started = time.perf_counter()
     try:
         history = model.fit(
@@ -172,6 +177,7 @@ def train(job: dict) -> dict:
     result = {
         "rank": rank,
         "rows_served": lockstep.real_rows_served,
+        "rows_trained": trained.rows,
         "rows": lockstep.rows,
         "train_s": time.perf_counter() - started,
         "step_s": timer.seconds,

@@ -26,17 +26,15 @@ import math
 import os
 import pickle
 import random
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pyarrow as pa
 from pyspark.sql import functions as F
 
-from keras_spark import binding
+from keras_spark import binding, scratch
 from keras_spark.spark import is_spark_dataframe
 from keras_spark.errors import BindingError, DataError, TrainingError
 from keras_spark.spark.extract import _agree_on_shape, _assemble, _write_rows
@@ -244,6 +242,7 @@ def _apply(model, results: list[dict], num_workers: int):
     by_rank = sorted(results, key=lambda r: r["rank"])
     model.data_stats = {
         "num_workers": num_workers,
+        "rows": chief["rows_trained"],  # all workers' real rows in the steps completed
         "rows_per_worker": [r["rows"] for r in by_rank],
         "rows_served_per_worker": [r["rows_served"] for r in by_rank],
         "steps_per_epoch": chief["steps_per_epoch"],
@@ -260,9 +259,8 @@ def _barrier_task(batches, *, job: dict, model_bytes):
 
     ctx = BarrierTaskContext.get()
     rank = ctx.partitionId()
-    if job["cache_dir"]:
-        os.makedirs(job["cache_dir"], exist_ok=True)
-    workdir = tempfile.mkdtemp(prefix=f"keras_spark_worker{rank}_", dir=job["cache_dir"])
+    # Spark kills the other tasks of a failed barrier stage (SIGKILL): the guardian removes it then.
+    workdir = scratch.make_dir(f"worker{rank}_", job["cache_dir"])
     try:
         info = json.loads(_write_rows(batches, os.path.join(workdir, "rows"), job["columns"], job["pid_index"],
                                       job["allow_non_finite"]))
@@ -285,7 +283,7 @@ def _barrier_task(batches, *, job: dict, model_bytes):
         ))
         yield _result_row(rank, result)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        scratch.remove(workdir)
 
 
 def _split_rows(info: dict, offset: int | None) -> tuple[int, int]:

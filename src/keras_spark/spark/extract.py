@@ -19,15 +19,13 @@ import functools
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import functions as F
 
-from keras_spark import _core
+from keras_spark import _core, scratch
 from keras_spark.binding import ColumnBinding
 from keras_spark.errors import DataError
 
@@ -55,7 +53,7 @@ class CachedData:
 
     def remove(self) -> None:
         """Delete the cache (extract made its directory, inside `cache_dir` when one was given)."""
-        shutil.rmtree(self.directory, ignore_errors=True)
+        scratch.remove(self.directory)
 
 
 def _write_rows(batches, prefix: str, columns, pid_index: int, allow_non_finite: bool = False) -> str:
@@ -114,7 +112,7 @@ def extract(df, bindings: list[ColumnBinding], partition_col: str, *, cache_dir:
     `cache_dir` is given. NaN or infinite values are a DataError naming the column
     and row unless `allow_non_finite`.
     """
-    directory = tempfile.mkdtemp(prefix="keras_spark_", dir=cache_dir)
+    directory = scratch.make_dir(parent=cache_dir)
     if stream is None:
         stream = cache_dir is None and not _is_local(df.sparkSession)
     selected, names = _select_sorted(df, bindings, partition_col)
@@ -129,7 +127,7 @@ def extract(df, bindings: list[ColumnBinding], partition_col: str, *, cache_dir:
             infos = [json.loads(row["info"]) for row in selected.mapInArrow(task, _INFO_SCHEMA).collect()]
         return _assemble(directory, bindings, infos)
     except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
+        scratch.remove(directory)
         raise
 
 

@@ -17,6 +17,8 @@ import keras
 from keras_spark import binding
 from keras_spark.errors import BindingError
 from keras_spark.feed import BatchFeed, batches_per_pull, keras_input
+from keras_spark.progress import RowsTrained, with_callback
+from keras_spark.shutdown import terminate_cleanly
 from keras_spark.spark import is_spark_dataframe
 from keras_spark.spark.extract import extract
 
@@ -64,8 +66,9 @@ def _report(stats: dict) -> str:
     waited = stats["consumer_wait_s"] / max(stats["train_s"], 1e-9)
     verdict = "input-bound" if waited > 0.2 else "not input-bound"
     return (
-        f"keras-spark: Spark pass {stats['spark_pass_s']:.2f}s; {stats['rows']:,} rows "
-        f"({stats['bytes'] / 1e6:,.1f} MB) served in {stats['batches']:,} pulls; training {stats['train_s']:.2f}s, "
+        f"keras-spark: Spark pass {stats['spark_pass_s']:.2f}s; {stats['rows']:,} rows trained "
+        f"({stats['rows_prefetched']:,} rows, {stats['bytes'] / 1e6:,.1f} MB read ahead in {stats['batches']:,} "
+        f"pulls); training {stats['train_s']:.2f}s, "
         f"of which waiting for data {stats['consumer_wait_s']:.3f}s ({waited:.1%}): {verdict}"
     )
 
@@ -102,6 +105,7 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
 
     verbose = keras_kwargs.get("verbose", "auto")
     with contextlib.ExitStack() as stack:
+        stack.enter_context(terminate_cleanly())
         started = time.perf_counter()
         cached = stack.enter_context(_cached(model, df, train_bindings, partition_col, cache_dir, allow_non_finite))
         if spark_validation:
@@ -116,13 +120,16 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
             stack.callback(val_feed.close)
             validation_data, validation_steps = keras_input(val_feed), validation_steps or val_feed.steps_per_epoch
         spark_pass_s = time.perf_counter() - started
+        trained = RowsTrained.for_batches(feed.rows, feed.batch_size)
+        keras_kwargs["callbacks"] = with_callback(keras_kwargs.get("callbacks"), trained, model)
         history = super_fit(
             keras_input(feed), epochs=epochs, steps_per_epoch=steps_per_epoch or feed.steps_per_epoch,
             validation_data=validation_data, validation_steps=validation_steps, initial_epoch=initial_epoch,
             shuffle=False, **keras_kwargs,
         )
-        model.data_stats = dict(feed.stats(), spark_pass_s=spark_pass_s,
-                                train_s=time.perf_counter() - started - spark_pass_s)
+        served = feed.stats()  # read ahead of training: the prefetch queues run past the last step
+        model.data_stats = dict(served, rows=trained.rows, rows_prefetched=served["rows"], steps=trained.steps,
+                                spark_pass_s=spark_pass_s, train_s=time.perf_counter() - started - spark_pass_s)
     if verbose not in (0, "silent"):
         print(_report(model.data_stats))
     return history
@@ -134,7 +141,7 @@ def evaluate_dataframe(model, df, *, y=None, batch_size=None, super_evaluate, pa
     _reject("y", y, "labels are the columns named like the model's outputs")
     _reject("sample_weight", sample_weight, "put weights in the loss or filter rows in Spark")
     bindings = _bind(model, df, partition_col, with_labels=True)
-    with _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite) as cached:
+    with terminate_cleanly(), _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite) as cached:
         feed = _feed(model, cached, batch_size_or_default(batch_size), shuffle=False, seed=0, num_parallel_calls=1)
         try:
             return super_evaluate(keras_input(feed), steps=steps or feed.steps_per_epoch, **keras_kwargs)
