@@ -106,7 +106,9 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
             shuffle=False, **keras_kwargs,
         )
         model.data_stats = dict(feed.stats(), spark_pass_s=spark_pass_s,
-                                train_s=time.perf_counter() - started - spark_pass_s)
+                                train_s=time.perf_counter() - started - spark_pass_s, cache_path=cached.path)
+        if spark_validation:
+            model.data_stats["validation_cache_path"] = val_cached.path
     if verbose not in (0, "silent"):
         print(_report(model.data_stats))
     return history
