@@ -18,6 +18,7 @@ import pyarrow as pa
 from pyspark.sql import types as T
 
 from keras_spark.binding import ColumnBinding
+from keras_spark.spark.session import ship_bytes
 
 OUTPUT_COLUMN = "model_output"
 _models_by_id: dict[str, object] = {}
@@ -70,7 +71,7 @@ def _load_model(model_id: str, model_bytes, backend: str):
     if model is None:
         os.environ.setdefault("KERAS_BACKEND", backend)
         limit_threads(threads_per_task())
-        if hasattr(model_bytes, "value"):  # a Spark broadcast
+        if hasattr(model_bytes, "value"):  # sent once ahead of the tasks (session.ship_bytes)
             model_bytes = model_bytes.value
         from keras_spark.model_bytes import model_from_bytes
 
@@ -138,14 +139,6 @@ def _score_batches(batches, *, model_id, model_bytes, backend, bindings, output_
         yield pa.RecordBatch.from_arrays(batch.columns + [struct], names=batch.schema.names + [OUTPUT_COLUMN])
 
 
-def _ship(spark, model_bytes: bytes):
-    """Broadcast the model where the session has a SparkContext; Spark Connect sends it with the plan."""
-    try:
-        return spark.sparkContext.broadcast(model_bytes)
-    except Exception:
-        return model_bytes
-
-
 def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int):
     """A lazy DataFrame: every column of `df` plus `model_output`, scored on the executors."""
     import keras
@@ -159,7 +152,7 @@ def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int)
         _score_batches,
         # Keyed by content: scoring again with unchanged weights reuses each worker's loaded model.
         model_id=hashlib.sha256(model_bytes).hexdigest(),
-        model_bytes=_ship(df.sparkSession, model_bytes),
+        model_bytes=ship_bytes(df.sparkSession, model_bytes),
         backend=keras.backend.backend(),
         bindings=bindings,
         output_types=output_types,
