@@ -58,12 +58,14 @@ def spark(request):
 
     # pyspark.sql.functions dispatch to their Connect versions only while this is set.
     os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    os.environ["SPARK_REMOTE"] = server.url  # SparkSession.builder.getOrCreate() in a test gets this server
     session = ConnectSession.builder.remote(server.url).getOrCreate()
     try:
         yield session
     finally:
         session.stop()
         os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
+        os.environ.pop("SPARK_REMOTE", None)
 
 
 @pytest.fixture

@@ -10,6 +10,10 @@ import sys
 import tempfile
 import time
 
+# A classic session, even when the test run started this process during its Connect tests.
+for _name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED"):
+    os.environ.pop(_name, None)
+
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ["PYSPARK_PYTHON"] = sys.executable
 
