@@ -167,8 +167,16 @@ def extract(df, bindings: list[ColumnBinding], partition_col: str, *, cache_dir:
         wrote = len(infos) > (1 if streamed else 0)
         cached.path = " and ".join(p for p, took in ((EXECUTORS_WROTE, wrote), (CLIENT_WROTE, streamed)) if took)
         return cached
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(directory, ignore_errors=True)
+        if "spark.driver.maxResultSize" in str(error):
+            raise RuntimeError(
+                "keras-spark: the Spark executors cannot write to the cache directory "
+                f"({cache_dir or 'the client temporary directory'}), so the rows came through the Spark driver, "
+                "and they exceed its spark.driver.maxResultSize. Pass cache_dir= a directory that the executors "
+                "and this client share (e.g. an NFS or Volumes mount), or raise spark.driver.maxResultSize "
+                "where the Spark driver starts"
+            ) from error
         raise
 
 
