@@ -89,6 +89,7 @@ def main():
         run("predict_bench.py", *(["--rows", "30000", "--repeat", "1"] if quick else []))
         run("memory_bench.py", *(["--cap-gb", "0.1", "--scaling-rows", "50000"] if quick else []))
         run("distributed_bench.py", *(["--rows", "50000", "--epochs", "2"] if quick else []))
+        run("connect_bench.py", *(["--rows", "50000", "--big-model-mb", "100"] if quick else []))
     print(table())
 
 

@@ -3,6 +3,10 @@
 import os
 import sys
 
+# A classic session, even when the test run started this process during its Connect tests.
+for _name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED"):
+    os.environ.pop(_name, None)
+
 os.environ["PYSPARK_PYTHON"] = sys.executable
 
 import keras  # noqa: E402

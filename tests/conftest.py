@@ -1,4 +1,10 @@
-"""One local[2] SparkSession for the whole test run, and small model/data builders."""
+"""The `spark` fixture: every Spark test runs on a classic local[2] session and on a Spark Connect session.
+
+The Connect session talks to one server started for the whole run (PySpark's own
+start-connect-server.sh, --master local[2]); where the machine allows it, the server
+has a private /tmp that the client cannot see, as on a remote cluster
+(tests/connect_server.py). KERAS_SPARK_TEST_SESSIONS=classic (or connect) runs one kind.
+"""
 
 import os
 import sys
@@ -10,23 +16,80 @@ os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
 
 import pytest  # noqa: E402
 
+SPARK_CONF = {
+    "spark.sql.shuffle.partitions": "4",
+    "spark.driver.memory": "2g",
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "2000",
+}
+SESSION_KINDS = [k for k in os.environ.get("KERAS_SPARK_TEST_SESSIONS", "classic,connect").split(",") if k]
+
 
 @pytest.fixture(scope="session")
-def spark():
+def connect_server():
+    """One Spark Connect server for the whole run, stopped at its end."""
+    from connect_server import start_connect_server
+
+    server = start_connect_server(conf=SPARK_CONF)
+    yield server
+    server.stop()
+
+
+def _classic_session():
     from pyspark.sql import SparkSession
 
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("keras-spark-tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.driver.memory", "2g")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "2000")
-        .getOrCreate()
-    )
+    builder = SparkSession.builder.master("local[2]").appName("keras-spark-tests").config("spark.ui.enabled", "false")
+    for key, value in SPARK_CONF.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
+    return session
+
+
+@pytest.fixture(scope="session", params=SESSION_KINDS)
+def spark(request):
+    """A classic local[2] SparkSession, then a Spark Connect session (pytest runs each kind's tests together)."""
+    if request.param == "classic":
+        session = _classic_session()
+        yield session
+        session.stop()
+        return
+    server = request.getfixturevalue("connect_server")
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    # pyspark.sql.functions dispatch to their Connect versions only while this is set.
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    os.environ["SPARK_REMOTE"] = server.url  # SparkSession.builder.getOrCreate() in a test gets this server
+    session = ConnectSession.builder.remote(server.url).getOrCreate()
+    try:
+        yield session
+    finally:
+        session.stop()
+        os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
+        os.environ.pop("SPARK_REMOTE", None)
+
+
+@pytest.fixture
+def classic_spark(spark):
+    """`spark` where the test reads the SparkContext itself (no Connect equivalent exists)."""
+    from keras_spark.spark.session import is_connect
+
+    if is_connect(spark):
+        pytest.skip("reads SparkContext job counts, which a Spark Connect client cannot see")
+    return spark
+
+
+@pytest.fixture
+def isolated_connect(spark, request):
+    """`spark` where it is a Connect session to a server whose /tmp the client cannot see."""
+    from connect_server import can_isolate
+    from keras_spark.spark.session import is_connect
+
+    if not is_connect(spark):
+        pytest.skip("a classic session shares the client's file system by construction")
+    connect_server = request.getfixturevalue("connect_server")
+    if not connect_server.isolated:
+        pytest.skip(f"this machine cannot give the Connect server a private /tmp: {can_isolate()}")
+    return spark
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,10 @@ import time
 import uuid
 from pathlib import Path
 
+# A classic session, even when the test run started this process during its Connect tests.
+for _name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED"):
+    os.environ.pop(_name, None)
+
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ["PYSPARK_PYTHON"] = sys.executable
 # Executors and their training processes inherit these: a temporary directory of this run's

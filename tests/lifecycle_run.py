@@ -12,6 +12,9 @@ import sys
 import threading
 import time
 
+# A classic session, even when the test run started this process during its Connect tests.
+for _name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED"):
+    os.environ.pop(_name, None)
 os.environ["PYSPARK_PYTHON"] = sys.executable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

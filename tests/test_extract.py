@@ -51,9 +51,9 @@ def test_fit_reads_only_the_bound_columns(spark):
     regression_model().fit(df, batch_size=50, epochs=1, verbose=0)
 
 
-def test_fit_runs_one_spark_job_however_many_partition_ids(spark):
-    df = numeric_frame(spark, rows=2000, partitions=40)
-    sc = spark.sparkContext
+def test_fit_runs_one_spark_job_however_many_partition_ids(classic_spark):
+    df = numeric_frame(classic_spark, rows=2000, partitions=40)
+    sc = classic_spark.sparkContext
     sc.setJobGroup("keras-spark-one-pass", "fit reads the DataFrame once")
     try:
         regression_model().fit(df, batch_size=100, epochs=3, verbose=0)

@@ -39,8 +39,10 @@ from keras_spark.spark import is_spark_dataframe
 from keras_spark.errors import BindingError, DataError, TrainingError
 from keras_spark.spark.extract import _agree_on_shape, _assemble, _write_rows
 from keras_spark.spark.score import threads_per_task
+from keras_spark.spark.session import ship_bytes, task_slots
 
-_RESULT_SCHEMA = "rank int, payload binary"
+_RESULT_SCHEMA = "rank int, part int, payload binary"
+_RESULT_CHUNK_BYTES = 16 << 20  # well under a Spark Connect message (128 MiB): weights come back in parts
 _WORKER_FAILED = "keras-spark training worker"
 _PEER_ERROR_GRACE_S = 3.0
 VALIDATION_ID_OFFSET = 1 << 48  # validation ids travel as id + this, beside the training ids
@@ -106,7 +108,7 @@ def check_distributed(spark, *, num_workers: int, batch_size: int, backend: str,
             )
     if validation_data is not None and not is_spark_dataframe(validation_data):
         raise BindingError("with num_workers > 1, validation_data must be a Spark DataFrame like x")
-    slots = spark.sparkContext.defaultParallelism
+    slots = task_slots(spark)
     if num_workers > slots:
         raise BindingError(
             f"num_workers={num_workers} needs {num_workers} task slots at once (a barrier stage), "
@@ -172,7 +174,7 @@ def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, e
         validation_local_batch=validation_batch_size // num_workers, allow_non_finite=allow_non_finite,
     )
     model_bytes = model_to_bytes(model)
-    task = functools.partial(_barrier_task, job=job, model_bytes=spark.sparkContext.broadcast(model_bytes))
+    task = functools.partial(_barrier_task, job=job, model_bytes=ship_bytes(spark, model_bytes))
     try:
         # The shuffle after the barrier stage makes it a map stage, which Spark reruns
         # (all tasks together) after a failure; a failed barrier result stage is final.
@@ -180,7 +182,7 @@ def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, e
         rows = trained.repartition(1).collect()
     except Exception as error:  # a Py4J/Spark error that wraps the worker's own
         raise _surfaced(error) from None
-    results = [pickle.loads(row["payload"]) for row in rows]
+    results = _joined_results(rows)
     return _apply(model, results, num_workers)
 
 
@@ -323,8 +325,20 @@ def _agreement_problem(infos: list[dict]) -> str | None:
 
 
 def _result_row(rank: int, result: dict) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pydict({"rank": [rank], "payload": [pickle.dumps(result)]},
-                                      schema=pa.schema([("rank", pa.int32()), ("payload", pa.binary())]))
+    """One rank's result as rows of at most _RESULT_CHUNK_BYTES each, numbered by `part`."""
+    data = pickle.dumps(result)
+    parts = [data[i:i + _RESULT_CHUNK_BYTES] for i in range(0, len(data), _RESULT_CHUNK_BYTES)] or [b""]
+    return pa.RecordBatch.from_pydict(
+        {"rank": [rank] * len(parts), "part": list(range(len(parts))), "payload": parts},
+        schema=pa.schema([("rank", pa.int32()), ("part", pa.int32()), ("payload", pa.binary())]),
+    )
+
+
+def _joined_results(rows) -> list[dict]:
+    by_rank: dict[int, list[tuple[int, bytes]]] = {}
+    for row in rows:
+        by_rank.setdefault(row["rank"], []).append((row["part"], row["payload"]))
+    return [pickle.loads(b"".join(p for _, p in sorted(parts))) for _, parts in sorted(by_rank.items())]
 
 
 def _task_host(ctx, rank: int) -> str:

@@ -18,6 +18,7 @@ import pyarrow as pa
 from pyspark.sql import types as T
 
 from keras_spark.binding import ColumnBinding
+from keras_spark.spark.session import ship_bytes
 
 OUTPUT_COLUMN = "model_output"
 # Default scoring batch: rows of input bytes enough to amortise the backend's per-call cost
@@ -75,7 +76,7 @@ def _load_model(model_id: str, model_bytes, backend: str):
     if model is None:
         os.environ.setdefault("KERAS_BACKEND", backend)
         limit_threads(threads_per_task())
-        if hasattr(model_bytes, "value"):  # a Spark broadcast
+        if hasattr(model_bytes, "value"):  # sent once ahead of the tasks (session.ship_bytes)
             model_bytes = model_bytes.value
         from keras_spark.model_bytes import model_from_bytes
 
@@ -152,12 +153,26 @@ def _score_batches(batches, *, model_id, model_bytes, backend, bindings, output_
         yield pa.RecordBatch.from_arrays(batch.columns + [struct], names=batch.schema.names + [OUTPUT_COLUMN])
 
 
-def _ship(spark, model_bytes: bytes):
-    """Broadcast the model where the session has a SparkContext; Spark Connect sends it with the plan."""
-    try:
-        return spark.sparkContext.broadcast(model_bytes)
-    except Exception:
-        return model_bytes
+def _package(model) -> tuple[str, bytes]:
+    """(id, .keras bytes) of the model as it is now; the same bytes again while weights and config are unchanged.
+
+    Saving twice gives different bytes (the archive records when it was saved), so the
+    bytes are kept on the model under a fingerprint of what scoring depends on: then a
+    second predict sends nothing new to a Connect server and workers keep the loaded model.
+    """
+    import json
+
+    from keras_spark.model_bytes import model_to_bytes
+
+    digest = hashlib.sha256(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    fingerprint = digest.hexdigest()
+    kept = getattr(model, "_keras_spark_package", None)
+    if kept is None or kept[0] != fingerprint:
+        kept = (fingerprint, model_to_bytes(model))
+        model._keras_spark_package = kept
+    return kept
 
 
 def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int | None):
@@ -166,14 +181,12 @@ def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int 
 
     schema = output_schema(model, df.schema)
     output_types = [(f.name, f.dataType) for f in schema[OUTPUT_COLUMN].dataType.fields]
-    from keras_spark.model_bytes import model_to_bytes
-
-    model_bytes = model_to_bytes(model)
+    model_id, model_bytes = _package(model)
     score = functools.partial(
         _score_batches,
         # Keyed by content: scoring again with unchanged weights reuses each worker's loaded model.
-        model_id=hashlib.sha256(model_bytes).hexdigest(),
-        model_bytes=_ship(df.sparkSession, model_bytes),
+        model_id=model_id,
+        model_bytes=ship_bytes(df.sparkSession, model_bytes),
         backend=keras.backend.backend(),
         bindings=bindings,
         output_types=output_types,

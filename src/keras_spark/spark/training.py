@@ -129,7 +129,10 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
         )
         served = feed.stats()  # read ahead of training: the prefetch queues run past the last step
         model.data_stats = dict(served, rows=trained.rows, rows_prefetched=served["rows"], steps=trained.steps,
-                                spark_pass_s=spark_pass_s, train_s=time.perf_counter() - started - spark_pass_s)
+                                spark_pass_s=spark_pass_s, train_s=time.perf_counter() - started - spark_pass_s,
+                                cache_path=cached.path)
+        if spark_validation:
+            model.data_stats["validation_cache_path"] = val_cached.path
     if verbose not in (0, "silent"):
         print(_report(model.data_stats))
     return history

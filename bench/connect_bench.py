@@ -1,0 +1,201 @@
+"""Spark Connect: keras-spark through a remote (isolated) Connect server, beside the obvious alternatives.
+
+    python bench/connect_bench.py [--rows N] [--cap-mb M] [--big-model-mb B]
+
+The server is PySpark's start-connect-server.sh with --master local[2], in its own mount
+namespace with a private /tmp where the machine allows it (tests/connect_server.py):
+the client's cache directory is invisible to the executors, as on a remote cluster.
+Figures (one JSON document):
+- fit: first epoch (Spark pass included) vs toPandas() + Keras fit on the same session and
+  rows; later epochs vs Keras on NumPy in memory.
+- memory: the client's RSS growth while fitting a DataFrame 3x a cap.
+- predict: rows/s through Connect vs a classic local[2] session (in a child process).
+- big model: a model of B MB, time to the first scored row, and uploads of the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from common import EpochTimer, emit, float_features, median  # noqa: E402
+
+BATCH = 512
+
+
+def mlp(features: int, hidden: int = 64, depth: int = 1):
+    import keras
+
+    from keras_spark.models import KerasSparkModel
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input(shape=(features,), name="x")
+    h = x
+    for _ in range(depth):
+        h = keras.layers.Dense(hidden, activation="relu")(h)
+    model = KerasSparkModel(x, keras.layers.Dense(1, name="y")(h))
+    model.compile("adam", "mse")
+    return model
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1e3
+    return float("nan")
+
+
+class PeakRss:
+    """Samples this process's RSS every 50 ms while open."""
+
+    def __enter__(self):
+        self.start, self.peak, self._done = rss_mb(), rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._done.wait(0.05):
+            self.peak = max(self.peak, rss_mb())
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+
+
+def fit_figures(spark, rows: int, epochs: int = 3) -> dict:
+    # The session's first Python task starts the server's Python workers (imports included);
+    # toPandas never starts them. Measured once, then both contenders run warm.
+    start = time.perf_counter()
+    mlp(32).fit(float_features(spark, 2000, 32, partitions=2), batch_size=BATCH, epochs=1, verbose=0)
+    cold_fit = time.perf_counter() - start
+    df = float_features(spark, rows, 32, partitions=16)
+    model, timer = mlp(32), EpochTimer()
+    start = time.perf_counter()
+    model.fit(df, batch_size=BATCH, epochs=epochs, callbacks=[timer], verbose=0)
+    ours_first = timer.ended_at[0] - start
+    ours_later = median(timer.times[1:])
+
+    import numpy as np
+
+    baseline, timer = mlp(32), EpochTimer()
+    start = time.perf_counter()
+    pdf = df.select("x", "y").toPandas()
+    topandas_s = time.perf_counter() - start
+    x, y = np.stack(pdf["x"].to_numpy()).astype("float32"), pdf["y"].to_numpy().astype("float32")
+    baseline.fit(x, y, batch_size=BATCH, epochs=epochs, callbacks=[timer], verbose=0, shuffle=True)
+    pandas_first = timer.ended_at[0] - start
+    numpy_later = median(timer.times[1:])
+    return {
+        "rows": rows, "cache_path": model.data_stats["cache_path"], "cold_first_fit_2000_rows_s": cold_fit,
+        "ours_spark_pass_s": model.data_stats["spark_pass_s"], "topandas_s": topandas_s,
+        "ours_first_epoch_s": ours_first, "topandas_fit_first_epoch_s": pandas_first,
+        "first_epoch_ratio": ours_first / pandas_first,
+        "ours_later_epoch_s": ours_later, "numpy_later_epoch_s": numpy_later,
+        "later_epoch_ratio": ours_later / numpy_later,
+    }
+
+
+def memory_figures(spark, cap_mb: int) -> dict:
+    from pyspark.sql import functions as F
+
+    features = 256  # 1 KiB of float32 a row
+    rows = 3 * cap_mb * 1024
+    df = (spark.range(rows, numPartitions=8)
+          .select((F.col("id") % 16).cast("int").alias("partition_id"),
+                  F.array_repeat(F.rand(1).cast("float"), features).alias("x"))
+          .withColumn("y", F.col("x")[0]))
+    model = mlp(features, hidden=8)
+    with PeakRss() as rss:
+        model.fit(df, batch_size=BATCH, epochs=1, verbose=0)
+    return {"cap_mb": cap_mb, "data_mb": rows * (features + 1) * 4 / 1e6, "cache_path": model.data_stats["cache_path"],
+            "client_rss_growth_mb": rss.peak - rss.start, "under_cap": rss.peak - rss.start < cap_mb}
+
+
+def predict_rows_per_s(spark, rows: int) -> float:
+    from pyspark.sql import functions as F
+
+    df = float_features(spark, rows, 32, partitions=16, spark_partitions=2)
+    model = mlp(32)
+    model.predict(df.limit(1000)).agg(F.sum("model_output.y")).collect()  # workers load the model
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        model.predict(df).agg(F.sum("model_output.y")).collect()
+        times.append(time.perf_counter() - start)
+    return rows / median(times)
+
+
+def big_model_figures(spark, megabytes: int) -> dict:
+    from keras_spark.spark import session
+
+    hidden = int((megabytes * 1e6 / 4 / 2) ** 0.5)  # two hidden x hidden float32 layers
+    model = mlp(32, hidden=hidden, depth=3)
+    df = float_features(spark, 1000, 32, partitions=4, spark_partitions=2)
+    uploads = session.upload_count
+    start = time.perf_counter()
+    first = next(iter(model.predict(df).select("model_output.y").toLocalIterator()))
+    to_first_row = time.perf_counter() - start
+    start = time.perf_counter()
+    model.predict(df).select("model_output.y").collect()
+    second_query = time.perf_counter() - start
+    return {"model_mb": model.count_params() * 4 / 1e6, "to_first_scored_row_s": to_first_row,
+            "second_query_all_rows_s": second_query, "model_uploads_for_two_queries": session.upload_count - uploads,
+            "first_row_finite": bool(first[0] == first[0])}
+
+
+def classic_predict(rows: int) -> None:
+    from common import spark_session
+
+    spark = spark_session("connect-bench-classic")
+    print("CLASSIC " + json.dumps({"predict_rows_per_s": predict_rows_per_s(spark, rows)}), flush=True)
+    spark.stop()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--cap-mb", type=int, default=100)
+    parser.add_argument("--big-model-mb", type=int, default=300)
+    parser.add_argument("--classic-predict", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.classic_predict:
+        return classic_predict(args.rows)
+    from connect_server import start_connect_server
+
+    server = start_connect_server(conf={"spark.driver.memory": "4g", "spark.sql.shuffle.partitions": "4",
+                                        "spark.connect.grpc.maxInboundMessageSize": str(128 << 20)})
+    figures = {"server_isolated": server.isolated, "master": "local[2]"}
+    try:
+        os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+        from pyspark.sql.connect.session import SparkSession
+
+        spark = SparkSession.builder.remote(server.url).getOrCreate()
+        figures["fit"] = fit_figures(spark, args.rows)
+        print(json.dumps(figures["fit"]), flush=True)
+        figures["predict"] = {"connect_rows_per_s": predict_rows_per_s(spark, args.rows)}
+        figures["big_model"] = big_model_figures(spark, args.big_model_mb)
+        print(json.dumps(figures["big_model"]), flush=True)
+        figures["memory"] = memory_figures(spark, args.cap_mb)
+        spark.stop()
+    finally:
+        server.stop()
+    env = {k: v for k, v in os.environ.items() if k != "SPARK_CONNECT_MODE_ENABLED"}
+    done = subprocess.run([sys.executable, __file__, "--classic-predict", "--rows", str(args.rows)], env=env,
+                          capture_output=True, text=True)
+    classic = next(json.loads(line[8:]) for line in done.stdout.splitlines() if line.startswith("CLASSIC "))
+    figures["predict"]["classic_rows_per_s"] = classic["predict_rows_per_s"]
+    figures["predict"]["ratio"] = figures["predict"]["connect_rows_per_s"] / classic["predict_rows_per_s"]
+    emit("connect", figures)
+
+
+if __name__ == "__main__":
+    main()

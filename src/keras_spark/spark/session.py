@@ -1,0 +1,133 @@
+"""One way to reach Spark: what the rest of keras-spark asks of a session, for classic and Connect alike.
+
+Classic sessions (the Python process is the Spark driver) and Spark Connect sessions
+(a gRPC client of a driver elsewhere: Spark 4 clients, Databricks shared and serverless
+compute) share DataFrames, `mapInArrow` and barrier stages, but Connect has no
+`sparkContext`, no RDD and no broadcast, and its client's disk is not the cluster's.
+Nothing else in keras-spark touches `sparkContext`, `rdd` or broadcast.
+
+- `is_connect`: which kind of session a DataFrame belongs to.
+- `task_slots`: how many tasks can run at once (barrier stages need that many).
+- `ship_bytes`: a large payload (the model) sent once, read on the executors by `.value`.
+- `stream_rows`: a DataFrame's rows to the client in bounded memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+
+
+def is_connect(spark) -> bool:
+    """True for a Spark Connect session (or a DataFrame's `sparkSession`), False for a classic one."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def task_slots(spark) -> int:
+    """Tasks the application can run at once (`defaultParallelism`), for classic and Connect sessions."""
+    if not is_connect(spark):
+        return int(spark.sparkContext.defaultParallelism)
+    configured = spark.conf.get("spark.default.parallelism", None)
+    if configured:
+        return int(configured)
+    from_master = _slots_of_master(spark.conf.get("spark.master", None) or "")
+    if from_master:
+        return from_master
+    # No master to read (a cluster manager): spark.range without a partition count splits into
+    # the default parallelism, which a tiny job reads back.
+    from pyspark.sql import functions as F
+
+    return int(spark.range(0, 1 << 12).select(F.spark_partition_id().alias("p")).agg(F.max("p")).first()[0]) + 1
+
+
+def _slots_of_master(master: str) -> int | None:
+    """local[N] -> N, local[N,F] -> N, local-cluster[n,c,m] -> n*c; None where the master does not say."""
+    cluster = re.fullmatch(r"local-cluster\[\s*(\d+)\s*,\s*(\d+)\s*,\s*\d+\s*\]", master)
+    if cluster:
+        return int(cluster.group(1)) * int(cluster.group(2))
+    local = re.fullmatch(r"local(?:\[\s*(\d+|\*)\s*(?:,\s*\d+\s*)?\])?", master)
+    if local:
+        threads = local.group(1)
+        if threads is None:
+            return 1
+        return os.cpu_count() or 1 if threads == "*" else int(threads)
+    return None
+
+
+# -- large payloads ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShippedBytes:
+    """Bytes sent to the executors once, read there with `.value`.
+
+    Classic: a Spark broadcast. Connect (no broadcast; a closure travels inside the plan,
+    whose messages are capped at 128 MiB): a session artifact named by the content's hash,
+    uploaded once per session and fetched once per executor.
+    """
+
+    sha256: str
+    size: int
+    broadcast: object = None
+    artifact_name: str | None = None
+
+    @property
+    def value(self) -> bytes:
+        if self.broadcast is not None:
+            return self.broadcast.value
+        with open(_artifact_path(self.artifact_name), "rb") as f:
+            return f.read()
+
+
+_uploaded: set[tuple[str, str]] = set()  # (session id, artifact name) this client has sent
+upload_count = 0  # artifacts this client process has uploaded (the benchmark counts crossings)
+
+
+def ship_bytes(spark, payload: bytes) -> ShippedBytes:
+    """`payload` on its way to the executors once, whatever the session kind."""
+    sha = hashlib.sha256(payload).hexdigest()
+    if not is_connect(spark):
+        return ShippedBytes(sha, len(payload), broadcast=spark.sparkContext.broadcast(payload))
+    name = f"keras_spark_{sha[:32]}.bin"
+    key = (spark.session_id, name)
+    if key not in _uploaded:
+        global upload_count
+        with tempfile.TemporaryDirectory(prefix="keras_spark_upload_") as tmp:
+            path = os.path.join(tmp, name)
+            with open(path, "wb") as f:
+                f.write(payload)
+            spark.addArtifacts(path, file=True)
+        _uploaded.add(key)
+        upload_count += 1
+    return ShippedBytes(sha, len(payload), artifact_name=name)
+
+
+def _artifact_path(name: str) -> str:
+    """Where a Connect session's file artifact lies on an executor (its Python workers start there)."""
+    from pyspark import SparkFiles
+
+    candidates = []
+    try:
+        candidates.append(os.path.join(SparkFiles.getRootDirectory(), name))
+    except Exception:  # no SparkFiles root in this worker
+        pass
+    candidates.append(os.path.abspath(name))
+    for path in candidates:
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"keras-spark: the session artifact {name} is not on this executor (looked in "
+                            f"{candidates}); was the session's artifact directory cleaned up?")
+
+
+# -- results to the client --------------------------------------------------------------
+def stream_rows(df):
+    """The rows of `df` in the client, a bounded number at a time.
+
+    Connect: one Spark job whose Arrow batches stream over gRPC as the client reads.
+    Classic: `toLocalIterator`, one Spark job per partition (classic has no public
+    one-job stream), so callers use it only where executors cannot write to the client.
+    """
+    if is_connect(df.sparkSession):
+        return df.toLocalIterator()
+    return df.toLocalIterator(prefetchPartitions=True)

@@ -1,0 +1,109 @@
+"""Spark Connect: a client whose files the Spark server cannot see trains, evaluates and scores.
+
+The `isolated_connect` fixture is a Connect session to the run's one server, which
+has a private /tmp (tests/connect_server.py): the client's temporary cache directory
+does not exist for its executors, as on a remote cluster.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from builders import numeric_frame, regression_model, to_numpy
+from keras_spark.spark import session
+from keras_spark.spark.extract import CLIENT_WROTE, EXECUTORS_WROTE
+
+
+def test_fit_with_validation_streams_rows_the_executors_cannot_write_for_the_client(isolated_connect):
+    df, val = numeric_frame(isolated_connect, 3000, 4), numeric_frame(isolated_connect, 600, 2, seed=7)
+    model = regression_model()
+    history = model.fit(df, batch_size=64, epochs=3, validation_data=val, verbose=0)
+    assert model.data_stats["cache_path"] == CLIENT_WROTE
+    assert model.data_stats["validation_cache_path"] == CLIENT_WROTE
+    assert model.data_stats["rows"] >= 3 * 3000  # rows served; prefetch may read ahead
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert len(history.history["val_loss"]) == 3
+
+
+def test_evaluate_equals_keras_on_the_same_rows(isolated_connect):
+    df = numeric_frame(isolated_connect, 1000, 3)
+    model = regression_model()
+    x, y = to_numpy(df, "x", "y")
+    expected = model.evaluate(x, y, batch_size=100, verbose=0)
+    assert model.evaluate(df, batch_size=100, verbose=0) == pytest.approx(expected, rel=1e-5)
+
+
+def test_predict_equals_keras_and_ships_the_model_once_per_session(isolated_connect):
+    df = numeric_frame(isolated_connect, 500, 2)
+    model = regression_model()
+    before = session.upload_count
+    first = model.predict(df).orderBy("id").select("model_output.y").toArrow()
+    again = model.predict(df).orderBy("id").select("model_output.y").toArrow()
+    assert session.upload_count == before + 1  # same bytes, same session: already there
+    (x,) = to_numpy(df, "x")
+    expected = model.predict(x, verbose=0).reshape(-1)
+    np.testing.assert_allclose(first.column("y").to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert first.equals(again)
+
+
+def test_a_cache_dir_both_sides_see_is_written_by_the_executors(spark):
+    # Outside /tmp, which is the one directory an isolated server does not share.
+    shared = tempfile.mkdtemp(prefix="keras_spark_shared_", dir=Path(__file__).resolve().parent.parent)
+    try:
+        model = regression_model()
+        model.fit(numeric_frame(spark, 500, 2), batch_size=50, epochs=1, verbose=0, cache_dir=shared)
+        assert model.data_stats["cache_path"] == EXECUTORS_WROTE
+        assert os.listdir(shared) == []
+    finally:
+        os.rmdir(shared)
+
+
+def test_task_slots_agree_with_the_master(spark):
+    assert session.task_slots(spark) == 2  # local[2], classic and Connect
+
+
+def test_master_urls_give_their_slots():
+    assert session._slots_of_master("local[3]") == 3
+    assert session._slots_of_master("local[4,2]") == 4
+    assert session._slots_of_master("local") == 1
+    assert session._slots_of_master("local-cluster[2,3,1024]") == 6
+    assert session._slots_of_master("yarn") is None
+
+
+@pytest.fixture(scope="module")
+def distributed_scenarios(spark, request):
+    if not session.is_connect(spark):
+        pytest.skip("the classic num_workers scenarios are in test_distributed.py")
+    connect_server = request.getfixturevalue("connect_server")
+    if not connect_server.isolated:
+        pytest.skip("this machine cannot give the Connect server a private /tmp")
+    env = dict(os.environ, KERAS_BACKEND="jax", KERAS_SPARK_CONNECT_URL=connect_server.url)
+    env.pop("SPARK_CONNECT_MODE_ENABLED", None)
+    script = Path(__file__).with_name("connect_distributed_run.py")
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
+    results = {}
+    for line in done.stdout.splitlines():
+        if "RESULT " in line:
+            result = json.loads(line.split("RESULT ", 1)[1])
+            results[result["name"]] = result
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return results
+
+
+def test_two_workers_train_with_validation_through_connect(distributed_scenarios):
+    result = distributed_scenarios["trains_with_validation"]
+    assert result["keys"] == ["loss", "val_loss"]
+    assert result["loss"][-1] < result["loss"][0]
+    assert sum(result["stats"]["rows_per_worker"]) == 4000
+
+
+def test_a_failing_worker_is_a_training_error_with_its_message_through_connect(distributed_scenarios):
+    result = distributed_scenarios["worker_raises"]
+    assert result["raised"] == "TrainingError"
+    assert "worker 1 failed: ValueError: this worker failed on purpose at epoch 1" in result["message"]
