@@ -1,4 +1,4 @@
-"""predict on the Spark executors: `mapInArrow`, the model shipped once as .keras bytes.
+"""predict on the Spark executors: `mapInArrow`, the model package (model_package.py) shipped once.
 
 Like Spark's own `predict_batch_udf`, the loaded model is cached per Python worker
 under an id made on the driver, so each worker loads it once however many tasks
@@ -65,16 +65,16 @@ def _to_arrow(values: np.ndarray, spark_type: T.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, _to_arrow(inner, spark_type.elementType))
 
 
-def _load_model(model_id: str, model_bytes, backend: str):
+def _load_model(model_id: str, package, backend: str):
     model = _models_by_id.get(model_id)
     if model is None:
         os.environ.setdefault("KERAS_BACKEND", backend)
         limit_threads(threads_per_task())
-        if hasattr(model_bytes, "value"):  # a Spark broadcast
-            model_bytes = model_bytes.value
-        from keras_spark.model_bytes import model_from_bytes
+        if hasattr(package, "value"):  # a Spark broadcast
+            package = package.value
+        from keras_spark.model_package import open_model
 
-        model = model_from_bytes(model_bytes, compile=False)
+        model = open_model(package, compile=False)
         _models_by_id.clear()  # one model per worker at a time keeps worker memory flat
         _models_by_id[model_id] = model
         # The backend and the model are hundreds of thousands of long-lived objects; left in
@@ -116,11 +116,11 @@ def _dense_inputs(batch: pa.RecordBatch, bindings: list[ColumnBinding]) -> list[
     return arrays
 
 
-def _score_batches(batches, *, model_id, model_bytes, backend, bindings, output_types, batch_size):
+def _score_batches(batches, *, model_id, package, backend, bindings, output_types, batch_size):
     """Executor side: each Arrow batch -> the same batch plus the `model_output` struct."""
     import keras
 
-    model = _load_model(model_id, model_bytes, backend)
+    model = _load_model(model_id, package, backend)
     names = [t for t, _ in output_types]
     for batch in batches:
         if batch.num_rows == 0:
@@ -138,28 +138,28 @@ def _score_batches(batches, *, model_id, model_bytes, backend, bindings, output_
         yield pa.RecordBatch.from_arrays(batch.columns + [struct], names=batch.schema.names + [OUTPUT_COLUMN])
 
 
-def _ship(spark, model_bytes: bytes):
-    """Broadcast the model where the session has a SparkContext; Spark Connect sends it with the plan."""
+def _ship(spark, package: bytes):
+    """Broadcast the model package where the session has a SparkContext; Spark Connect sends it with the plan."""
     try:
-        return spark.sparkContext.broadcast(model_bytes)
+        return spark.sparkContext.broadcast(package)
     except Exception:
-        return model_bytes
+        return package
 
 
-def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int):
+def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int, custom_objects: dict | None = None):
     """A lazy DataFrame: every column of `df` plus `model_output`, scored on the executors."""
     import keras
 
     schema = output_schema(model, df.schema)
     output_types = [(f.name, f.dataType) for f in schema[OUTPUT_COLUMN].dataType.fields]
-    from keras_spark.model_bytes import model_to_bytes
+    from keras_spark.model_package import pack_model
 
-    model_bytes = model_to_bytes(model)
+    package = pack_model(model, custom_objects)
     score = functools.partial(
         _score_batches,
         # Keyed by content: scoring again with unchanged weights reuses each worker's loaded model.
-        model_id=hashlib.sha256(model_bytes).hexdigest(),
-        model_bytes=_ship(df.sparkSession, model_bytes),
+        model_id=hashlib.sha256(package).hexdigest(),
+        package=_ship(df.sparkSession, package),
         backend=keras.backend.backend(),
         bindings=bindings,
         output_types=output_types,
