@@ -42,7 +42,7 @@ class Scale(keras.layers.Layer):
         self.factor = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.initial), name="factor")
 
     def call(self, x):
-        return x * self.factor
+        return keras.ops.multiply(x, self.factor)
 
     def get_config(self):
         return dict(super().get_config(), initial=self.initial)
@@ -66,7 +66,7 @@ class WorstError(keras.metrics.Metric):
         self.worst.assign(keras.ops.maximum(self.worst, keras.ops.cast(error, self.worst.dtype)))
 
     def result(self):
-        return self.worst
+        return keras.ops.convert_to_tensor(self.worst)
 
 
 class Shift(keras.layers.Layer):
