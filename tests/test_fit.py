@@ -158,10 +158,13 @@ def test_tensorflow_adapter_serves_the_same_batches_as_single_pulls(spark):
         single = BatchFeed(model, cached, batch_size=48, shuffle=True, seed=3, num_parallel_calls=2)
         pulled = BatchFeed(model, cached, batch_size=48, shuffle=True, seed=3, num_parallel_calls=2,
                            batches_per_pull=5)
-        plain, sliced = iter(single), iter(_tf_dataset(pulled))
-        for _ in range(2 * single.steps_per_epoch):  # two epochs, with the partial batch between
-            (a,), (b,) = next(plain), next(sliced)
-            np.testing.assert_array_equal(a, b.numpy())
+        plain, dataset = iter(single), _tf_dataset(pulled)
+        for _ in range(2):  # each iteration of the dataset is the next epoch, partial batch last
+            sliced = list(dataset)
+            assert len(sliced) == single.steps_per_epoch
+            for (b,) in sliced:
+                (a,) = next(plain)
+                np.testing.assert_array_equal(a, b.numpy())
         single.close()
         pulled.close()
     finally:

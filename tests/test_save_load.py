@@ -1,10 +1,10 @@
-"""A KerasSparkModel saves to .keras and loads back as a KerasSparkModel."""
+"""A KerasSparkModel saves to .keras: plain Keras loads it as a functional model, keras_spark as a KerasSparkModel."""
 
 import keras
 import numpy as np
 
 from builders import numeric_frame, regression_model, to_numpy
-from keras_spark.models import KerasSparkModel
+from keras_spark.models import KerasSparkModel, load_model
 
 
 def test_save_and_load_round_trip(spark, tmp_path):
@@ -13,7 +13,7 @@ def test_save_and_load_round_trip(spark, tmp_path):
     model.fit(df, batch_size=50, epochs=2, verbose=0)
     path = tmp_path / "model.keras"
     model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = load_model(path)
     assert isinstance(loaded, KerasSparkModel)
     (x,) = to_numpy(df, "x")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)

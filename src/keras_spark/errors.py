@@ -22,3 +22,10 @@ class TrainingError(RuntimeError):
 
     The message is the worker's own error, taken out of Spark's wrapping.
     """
+
+
+class ModelPackageError(ValueError):
+    """The model cannot be packed for the executors: a custom object that cannot be pickled.
+
+    Raised on the driver before any Spark job, naming the object.
+    """

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 
 import keras
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 from keras_spark import _core
 from keras_spark.shutdown import NativeHandle
 from keras_spark.spark.extract import CachedData
+from keras_spark.weights import class_weight_table, class_weights_of
 
 TF_BATCHES_PER_PULL = 16
 TF_PULL_BYTES = 4 << 20  # a pull that fits in cache: wide rows get fewer batches a pull
@@ -50,8 +52,18 @@ def _packer(struct, positions: list[int]):
     return pack
 
 
+class FeedClosedError(RuntimeError):
+    """The feed's fit or evaluate has finished: its cache is gone, it serves no more batches."""
+
+
 class BatchFeed:
-    """Endless (x, y) batches of a cached DataFrame from the C++ pipeline.
+    """(x, y) or (x, y, sample_weight) batches of a cached DataFrame from the C++ pipeline.
+
+    Two ways to read it, both safe to use beside Keras's own loop:
+    - `iter(feed)`: one endless stream, epoch after epoch (Keras reads a generator once);
+    - `feed.one_epoch()`: exactly one pass over every row from a reader of its own, so a
+      finite `tf.data.Dataset` can be iterated again and again (by Keras each epoch, by
+      MLflow's autolog for a digest) without taking rows from anyone else.
 
     Example:
         feed = BatchFeed(model, cached, batch_size=32, shuffle=True, seed=7)
@@ -60,22 +72,24 @@ class BatchFeed:
 
     def __init__(self, model, cached: CachedData, *, batch_size: int, shuffle: bool, seed: int,
                  num_parallel_calls: int | None = None, first_epoch: int = 0, batches_per_pull: int = 1,
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, class_weight: dict | None = None):
         cycle = default_parallelism(num_parallel_calls, max(1, len(cached.partitions)))
         # Gathering is memory-bound; by default the model's step keeps the other half of the cores.
         threads = num_threads or max(1, min(cycle, (os.cpu_count() or 2) // 2))
         self.batch_size = int(batch_size)
         self.batches_per_pull = int(batches_per_pull)
+        self._cached = cached
+        self._options = (bool(shuffle), int(seed), cycle, threads, 2 * threads + 2)
+        self._next_epoch = int(first_epoch)  # the epoch the next one-epoch reader serves
+        self._lock = threading.Lock()
+        self._readers: set = set()
+        self._closed_stats: list[dict] = []
+        self._closed = False
         # No rows (a data-parallel worker given no validation ids): nothing to read, only pads.
-        pipeline = _core.Pipeline(
-            cached.chunk_files, cached.column_specs(), cached.partitions,
-            batch_size=self.batch_size * self.batches_per_pull, shuffle=bool(shuffle), seed=int(seed),
-            cycle_length=cycle, num_threads=threads, prefetch=2 * threads + 2, first_epoch=int(first_epoch),
-        ) if cached.rows else None
-        # Closed with this feed or at exit, even when the fit using it never returns.
-        self._pipeline = NativeHandle(self, pipeline) if pipeline is not None else None
+        self._pipeline = None
         self.rows = cached.rows
         self.steps_per_epoch = math.ceil(cached.rows / self.batch_size)
+        self.pulls_per_epoch = math.ceil(cached.rows / (self.batch_size * self.batches_per_pull))
         self.columns = cached.column_specs()
         names = [b.keras_name for b in cached.bindings]
         self._inputs = _packer(model.input, [names.index(t.name) for t in model.inputs])
@@ -84,35 +98,139 @@ class BatchFeed:
         if any(b.role == "label" for b in cached.bindings):
             self._labels = _packer(model.output, [names.index(n) for n in model.output_names])
             self.structure = (model.input, model.output)
+        roles = [b.role for b in cached.bindings]
+        self._weight_index = roles.index("weight") if "weight" in roles else None
+        self._class_weights = class_weight_table(class_weight) if class_weight else None
+        self.weighted = self._weight_index is not None or self._class_weights is not None
+
+    # -- readers ---------------------------------------------------------------------
+    def _open(self, first_epoch: int) -> NativeHandle:
+        shuffle, seed, cycle, threads, prefetch = self._options
+        cached = self._cached
+        pipeline = _core.Pipeline(
+            cached.chunk_files, cached.column_specs(), cached.partitions,
+            batch_size=self.batch_size * self.batches_per_pull, shuffle=shuffle, seed=seed, cycle_length=cycle,
+            num_threads=threads, prefetch=prefetch, first_epoch=int(first_epoch),
+        )
+        # Closed with this feed or at exit, even when the fit using it never returns.
+        return NativeHandle(self, pipeline)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FeedClosedError(
+                "keras-spark: this training data belongs to a fit() or evaluate() that has finished, and its "
+                "cache is removed; iterate it while that call runs (from a callback), or call fit again"
+            )
 
     @property
     def pipeline(self):
-        """The C++ pipeline (None when there are no rows); RuntimeError once closed."""
-        return self._pipeline.get() if self._pipeline is not None else None
+        """The endless stream's pipeline (opened on first use; None when there are no rows)."""
+        with self._lock:
+            self._check_open()
+            if self._pipeline is None and self.rows:
+                self._pipeline = self._open(self._next_epoch)
+            return self._pipeline.get() if self._pipeline is not None else None
 
+    def _next(self, reader: NativeHandle):
+        try:
+            return reader.get().next()
+        except RuntimeError:
+            self._check_open()  # closed beside us: say so plainly
+            raise
+
+    def next_arrays(self) -> list:
+        """The endless stream's next pull, as the core's list of column arrays."""
+        if self.pipeline is None:
+            raise RuntimeError("internal: a feed with no rows has no batches")
+        return self._next(self._pipeline)
+
+    def __iter__(self):
+        if self.pipeline is None:
+            return
+        while True:
+            yield self.pack(self.next_arrays())
+
+    def one_epoch(self):
+        """Exactly one pass over every row, from a reader of its own (the next epoch's order)."""
+        with self._lock:
+            self._check_open()
+            epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
+            reader = self._open(epoch) if self.rows else None
+            self._readers.add(reader)
+        try:
+            for _ in range(self.pulls_per_epoch):
+                yield self.pack(self._next(reader))
+        finally:
+            self._retire(reader)
+
+    def _retire(self, reader) -> None:
+        with self._lock:
+            if reader not in self._readers:
+                return
+            self._readers.discard(reader)
+        if reader is not None:
+            self._closed_stats.append(self._stats_of(reader))
+            reader.close()
+
+    # -- batches ---------------------------------------------------------------------
     def pack(self, arrays):
         if self._labels is None:
             return (self._inputs(arrays),)
-        return self._inputs(arrays), self._labels(arrays)
+        packed = (self._inputs(arrays), self._labels(arrays))
+        if not self.weighted:
+            return packed
+        return (*packed, self._weights(arrays, packed[1]))
 
-    def __iter__(self):
-        while True:
-            yield self.pack(self.pipeline.next())
+    def _weights(self, arrays, labels):
+        if self._weight_index is not None:
+            return arrays[self._weight_index].reshape(-1)
+        return class_weights_of(labels, self._class_weights)
+
+    def signature(self):
+        """The structure of one pulled batch as `tf.TensorSpec`s (TensorFlow backend)."""
+        import tensorflow as tf
+
+        specs = [tf.TensorSpec((None, *shape), tf.as_dtype(dtype)) for dtype, shape in self.columns]
+        x_y = (self._inputs(specs),) if self._labels is None else (self._inputs(specs), self._labels(specs))
+        if not self.weighted:
+            return x_y
+        return (*x_y, tf.TensorSpec((None,), tf.as_dtype(keras.config.floatx())))
 
     def stats(self) -> dict:
         """Where the time went: rows and bytes served, time Keras waited, time spent gathering."""
-        return dict(self.pipeline.stats())
+        with self._lock:
+            live = [r for r in (self._pipeline, *self._readers) if r is not None]
+            every = self._closed_stats + [self._stats_of(r) for r in live]
+        total: dict = {}
+        for stats in every:
+            for key, value in stats.items():
+                total[key] = max(total.get(key, 0), value) if key == "threads" else total.get(key, 0) + value
+        return total
+
+    @staticmethod
+    def _stats_of(reader: NativeHandle) -> dict:
+        try:
+            return dict(reader.get().stats())
+        except RuntimeError:  # closed already: its figures were taken when it closed
+            return {}
 
     def close(self) -> None:
-        if self._pipeline is not None:
-            self._pipeline.close()
+        with self._lock:
+            self._closed = True
+            if self._pipeline is not None:
+                self._closed_stats.append(self._stats_of(self._pipeline))
+            readers = [r for r in (self._pipeline, *self._readers) if r is not None]
+        for reader in readers:  # a reader closed beside its consumer raises FeedClosedError there
+            reader.close()
+        with self._lock:
+            self._pipeline = None
+        for reader in list(self._readers):
+            self._retire(reader)
 
 
 def _tf_dataset(feed: BatchFeed):
     import tensorflow as tf
 
-    specs = [tf.TensorSpec((None, *shape), tf.as_dtype(dtype)) for dtype, shape in feed.columns]
-    signature = feed.pack(specs)
     size = feed.batch_size
 
     def split(*pulled):
@@ -122,8 +240,12 @@ def _tf_dataset(feed: BatchFeed):
             lambda i: tf.nest.map_structure(lambda t: t[i * size:(i + 1) * size], pulled)
         )
 
-    dataset = tf.data.Dataset.from_generator(lambda: iter(feed), output_signature=signature)
-    return dataset.flat_map(split).prefetch(2 * feed.batches_per_pull)
+    # Finite, one epoch an iteration, each from its own reader: Keras starts a new iterator
+    # each epoch (the cardinality is known), and whoever else iterates it (MLflow's autolog
+    # hashes every element before fit) gets a whole pass of its own instead of spinning forever.
+    dataset = tf.data.Dataset.from_generator(feed.one_epoch, output_signature=feed.signature())
+    dataset = dataset.flat_map(split).prefetch(2 * feed.batches_per_pull)
+    return dataset.apply(tf.data.experimental.assert_cardinality(feed.steps_per_epoch))
 
 
 def _generator(feed: BatchFeed):
@@ -194,9 +316,13 @@ class LockstepFeed:
         while True:
             for step in range(self.steps_per_epoch):
                 if step < self.own_steps:
-                    arrays = self.feed.pipeline.next()
+                    arrays = self.feed.next_arrays()
                     self.real_rows_served += len(arrays[0])
                     arrays = self._padded(arrays)
                 else:
                     arrays = self._zeros
-                yield (*self.feed.pack(arrays), self._weights[step])
+                x, y, *row_weights = self.feed.pack(arrays)
+                # The row's own weight (column or class_weight) times the lockstep weight
+                # that makes the loss a mean over real rows; pads weigh 0 either way.
+                weights = self._weights[step] * row_weights[0] if row_weights else self._weights[step]
+                yield x, y, weights

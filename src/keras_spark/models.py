@@ -10,7 +10,10 @@ Given anything that is not a Spark DataFrame, every method is keras.Model's own.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
+from keras.src.models.functional import Functional
 
 from keras_spark import binding
 from keras_spark.errors import BindingError
@@ -35,7 +38,8 @@ class KerasSparkModel(keras.Model):
 
     # -- training -------------------------------------------------------------------
     def fit(self, x=None, y=None, batch_size=None, epochs=1, *args, partition_col=_UNSET,
-            num_parallel_calls=_UNSET, cache_dir=_UNSET, num_workers=_UNSET, allow_non_finite=_UNSET, **kwargs):
+            num_parallel_calls=_UNSET, cache_dir=_UNSET, num_workers=_UNSET, allow_non_finite=_UNSET,
+            custom_objects=_UNSET, **kwargs):
         """keras.Model.fit; with a Spark DataFrame `x`, trains on its columns.
 
         Spark-only keywords: `partition_col` (default "partition_id": integer ids 0..n,
@@ -45,10 +49,14 @@ class KerasSparkModel(keras.Model):
         directory, removed after fit), `num_workers` (default 1: train on the driver; N > 1:
         N data-parallel JAX processes in one Spark barrier stage on the executors, with
         `batch_size` the global batch), `allow_non_finite` (default False: a NaN or infinite
-        feature or label is an error naming the column and row; True keeps Keras's own behaviour).
+        feature or label is an error naming the column and row; True keeps Keras's own behaviour),
+        `custom_objects` (a dict of custom layers, losses and metrics the num_workers processes
+        need beyond those registered with `keras.saving.register_keras_serializable`, which
+        travel by themselves). With a DataFrame, `sample_weight` is the name of a column of
+        row weights, and `class_weight` works as with NumPy data.
         """
         spark_only = dict(partition_col=partition_col, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir,
-                          num_workers=num_workers, allow_non_finite=allow_non_finite)
+                          num_workers=num_workers, allow_non_finite=allow_non_finite, custom_objects=custom_objects)
         if not is_spark_dataframe(x):
             _reject_spark_keywords(spark_only, "fit")
             if is_spark_dataframe(kwargs.get("validation_data")):
@@ -67,7 +75,9 @@ class KerasSparkModel(keras.Model):
                  allow_non_finite=_UNSET, **kwargs):
         """keras.Model.evaluate; with a Spark DataFrame `x`, evaluates on its columns (on the driver).
 
-        Takes fit's `partition_col`, `cache_dir` and `allow_non_finite`."""
+        Takes fit's `partition_col`, `cache_dir` and `allow_non_finite`; with a DataFrame,
+        `sample_weight` is the name of a column of row weights.
+        """
         spark_only = dict(partition_col=partition_col, cache_dir=cache_dir, allow_non_finite=allow_non_finite)
         if not is_spark_dataframe(x):
             _reject_spark_keywords(spark_only, "evaluate")
@@ -80,7 +90,7 @@ class KerasSparkModel(keras.Model):
         )
 
     # -- scoring --------------------------------------------------------------------
-    def predict(self, x, batch_size=None, *args, **kwargs):
+    def predict(self, x, batch_size=None, *args, custom_objects=_UNSET, **kwargs):
         """keras.Model.predict; with a Spark DataFrame, a lazy DataFrame scored on the executors.
 
         The result keeps every column of `x`, row for row, and adds a struct column
@@ -88,8 +98,11 @@ class KerasSparkModel(keras.Model):
         Without `batch_size`, each Arrow batch is scored in pieces of about
         `score.PREDICT_BATCH_BYTES` of input (at least 32 rows, at most 8,192): Keras's
         default of 32 rows is several times slower for DataFrame scoring.
+        Custom objects registered with `keras.saving.register_keras_serializable` travel
+        with the model; pass others as `custom_objects={"Name": obj}`.
         """
         if not is_spark_dataframe(x):
+            _reject_spark_keywords(dict(custom_objects=custom_objects), "predict")
             return super().predict(x, batch_size, *args, **kwargs)
         from keras_spark.spark.score import predict_dataframe
         from keras_spark.spark.training import batch_size_or_default
@@ -97,7 +110,21 @@ class KerasSparkModel(keras.Model):
         if batch_size is not None:
             batch_size = batch_size_or_default(batch_size)
         bindings = binding.bind_inputs(self, x.schema)
-        return predict_dataframe(self, x, bindings, batch_size)
+        objects = None if custom_objects is _UNSET else custom_objects
+        return predict_dataframe(self, x, bindings, batch_size, custom_objects=objects)
+
+    # -- files ----------------------------------------------------------------------
+    def save(self, filepath, *args, **kwargs):
+        """keras.Model.save, written as a plain functional model.
+
+        The file loads with `keras.saving.load_model` where keras-spark is not installed
+        (a serving process, MLflow's workers) as a functional `keras.Model`, and with
+        `keras_spark.models.load_model` as a KerasSparkModel again.
+        """
+        if type(self) is not KerasSparkModel:  # a user's subclass: its own class is its config
+            return super().save(filepath, *args, **kwargs)
+        with _as_functional(self):
+            return Functional.save(self, filepath, *args, **kwargs)
 
 
 def _reject_spark_keywords(spark_only: dict, method: str) -> None:
@@ -106,6 +133,31 @@ def _reject_spark_keywords(spark_only: dict, method: str) -> None:
         raise TypeError(f"{method}() got {given}, which apply only when x is a Spark DataFrame")
 
 
-def load_model(path: str, **kwargs) -> KerasSparkModel:
-    """keras.models.load_model, with KerasSparkModel registered."""
-    return keras.models.load_model(path, **kwargs)
+@contextlib.contextmanager
+def _as_functional(model):
+    # The saved config names the class; for the length of the save it is Keras's own.
+    object.__setattr__(model, "__class__", Functional)
+    try:
+        yield
+    finally:
+        object.__setattr__(model, "__class__", KerasSparkModel)
+
+
+def as_keras_spark_model(model) -> KerasSparkModel:
+    """A functional keras.Model as a KerasSparkModel: the same layers and weights, the same
+    compile config and the same optimizer (its state included)."""
+    if isinstance(model, KerasSparkModel) or not isinstance(model, Functional) or isinstance(model, keras.Sequential):
+        return model
+    wrapped = KerasSparkModel(model._inputs_struct, model._outputs_struct, name=model.name)
+    if model.compiled and model.get_compile_config():
+        from keras.src.saving import serialization_lib
+
+        config = serialization_lib.deserialize_keras_object(model.get_compile_config())
+        wrapped.compile(**dict(config, optimizer=model.optimizer))
+    return wrapped
+
+
+def load_model(path: str, custom_objects: dict | None = None, **kwargs) -> KerasSparkModel:
+    """keras.saving.load_model, giving back a KerasSparkModel (weights, compile config, optimizer state)."""
+    with keras.saving.custom_object_scope(custom_objects or {}):
+        return as_keras_spark_model(keras.saving.load_model(path, **kwargs))

@@ -132,7 +132,7 @@ def train(job: dict) -> dict:
     from keras.src.saving import serialization_lib
 
     from keras_spark.feed import BatchFeed, LockstepFeed, lockstep_weights
-    from keras_spark.model_bytes import model_from_bytes
+    from keras_spark.model_package import open_model
     from keras_spark.progress import RowsTrained
 
     rank, num_workers = job["rank"], job["num_workers"]
@@ -141,7 +141,7 @@ def train(job: dict) -> dict:
     # Each worker feeds its own rows: Keras must not shard them again.
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
 
-    model = model_from_bytes(job["model_bytes"])
+    model = open_model(job["package"])
     compile_config = serialization_lib.deserialize_keras_object(model.get_compile_config())
     model.compile(**dict(_weighted_metrics_config(compile_config), optimizer=model.optimizer))
     _metrics_on_real_rows(model)
@@ -149,7 +149,7 @@ def train(job: dict) -> dict:
     cached = job["cached"]
     feed = BatchFeed(model, cached, batch_size=job["local_batch"], shuffle=job["shuffle"],
                      seed=job["seed"] + rank, num_parallel_calls=job["num_parallel_calls"],
-                     first_epoch=job["initial_epoch"])
+                     first_epoch=job["initial_epoch"], class_weight=job.get("class_weight"))
     lockstep = LockstepFeed(feed, rank=rank, worker_rows=job["worker_rows"])
     validation = {}
     if job["validation"] is not None:

@@ -123,11 +123,12 @@ def _rows_by_partition(df, partition_col: str) -> dict[int, int]:
 
 def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, epochs: int, partition_col: str,
                     num_parallel_calls, cache_dir, shuffle: bool, validation_data, initial_epoch: int,
-                    callbacks=None, verbose="auto", allow_non_finite: bool = False, **fit_kwargs):
+                    callbacks=None, verbose="auto", allow_non_finite: bool = False, custom_objects=None,
+                    class_weight=None, **fit_kwargs):
     """fit on N barrier tasks; `bindings` (and validation_data's schema) are already checked."""
     import keras
 
-    from keras_spark.model_bytes import model_to_bytes
+    from keras_spark.model_package import pack_model
 
     spark = df.sparkSession
     validation_batch_size = int(fit_kwargs.pop("validation_batch_size", None) or batch_size)
@@ -135,10 +136,12 @@ def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, e
                       validation_data=validation_data, validation_batch_size=validation_batch_size)
     if not model.compiled:
         raise BindingError("the model must be compiled before fit (model.compile(...))")
+    package = pack_model(model, custom_objects)  # before any Spark job: an unpicklable object fails here
     names = list(dict.fromkeys([b.column for b in bindings] + [partition_col]))
     selected = df.select(*[F.col(f"`{n}`") for n in names])
     if validation_data is not None:
-        selected, offset = _with_validation(selected, validation_data, names, partition_col)
+        weight = next((b.column for b in bindings if b.role == "weight"), None)
+        selected, offset = _with_validation(selected, validation_data, names, partition_col, weight)
     else:
         offset = None
 
@@ -172,9 +175,9 @@ def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, e
         columns=[b.core_spec(names.index(b.column)) for b in bindings], pid_index=names.index(partition_col),
         partition_col=partition_col, validation_offset=offset,
         validation_local_batch=validation_batch_size // num_workers, allow_non_finite=allow_non_finite,
+        class_weight=class_weight,
     )
-    model_bytes = model_to_bytes(model)
-    task = functools.partial(_barrier_task, job=job, model_bytes=ship_bytes(spark, model_bytes))
+    task = functools.partial(_barrier_task, job=job, package=ship_bytes(spark, package))
     try:
         # The shuffle after the barrier stage makes it a map stage, which Spark reruns
         # (all tasks together) after a failure; a failed barrier result stage is final.
@@ -186,8 +189,11 @@ def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, e
     return _apply(model, results, num_workers)
 
 
-def _with_validation(selected, validation_data, names: list[str], partition_col: str):
+def _with_validation(selected, validation_data, names: list[str], partition_col: str, weight: str | None = None):
     """Training and validation rows in one DataFrame; validation ids shifted past the training ids."""
+    if weight is not None and weight not in validation_data.columns:
+        # Validation is unweighted, as on the driver: its rows weigh 1.
+        validation_data = validation_data.withColumn(weight, F.lit(1).cast(selected.schema[weight].dataType))
     for name in names[:-1]:  # the partition ids may differ in integer width
         train_type, val_type = selected.schema[name].dataType, validation_data.schema[name].dataType
         if train_type != val_type:
@@ -255,7 +261,7 @@ def _apply(model, results: list[dict], num_workers: int):
 
 
 # -- the executors -----------------------------------------------------------------------
-def _barrier_task(batches, *, job: dict, model_bytes):
+def _barrier_task(batches, *, job: dict, package):
     """One barrier task: cache this worker's rows, agree with the others, train, report."""
     from pyspark import BarrierTaskContext
 
@@ -268,6 +274,8 @@ def _barrier_task(batches, *, job: dict, model_bytes):
                                       job["allow_non_finite"]))
         info["stray"] = _stray_ids(info, job["owner"], rank)
         info["train_rows"], info["validation_rows"] = _split_rows(info, job["validation_offset"])
+        if "error" not in info and info.get("rows"):
+            info.update(_weight_problem(workdir, job["bindings"], info))
         if rank == 0:
             info["coordinator"] = f"{_task_host(ctx, rank)}:{_free_port()}"
         infos = [json.loads(m) for m in ctx.allGather(json.dumps(info))]
@@ -281,11 +289,22 @@ def _barrier_task(batches, *, job: dict, model_bytes):
         result = _run_worker(workdir, rank, dict(
             job, rank=rank, cached=train, validation=validation, coordinator=infos[0]["coordinator"],
             worker_rows=[i["train_rows"] for i in infos], validation_rows=[i["validation_rows"] for i in infos],
-            model_bytes=model_bytes.value, threads=threads_per_task(),
+            package=package.value, threads=threads_per_task(),
         ))
         yield _result_row(rank, result)
     finally:
         scratch.remove(workdir)
+
+
+def _weight_problem(workdir: str, bindings, info: dict) -> dict:
+    """{"error": ...} when this task's weight column holds a NaN or negative weight, else {}."""
+    from keras_spark.weights import check_weight_values
+
+    try:
+        check_weight_values(_assemble(workdir, bindings, [info]))
+    except DataError as error:
+        return {"error": str(error)}
+    return {}
 
 
 def _split_rows(info: dict, offset: int | None) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""predict on the Spark executors: `mapInArrow`, the model shipped once as .keras bytes.
+"""predict on the Spark executors: `mapInArrow`, the model package (model_package.py) shipped once.
 
 Like Spark's own `predict_batch_udf`, the loaded model is cached per Python worker
 under an id made on the driver, so each worker loads it once however many tasks
@@ -71,16 +71,16 @@ def _to_arrow(values: np.ndarray, spark_type: T.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, _to_arrow(inner, spark_type.elementType))
 
 
-def _load_model(model_id: str, model_bytes, backend: str):
+def _load_model(model_id: str, package, backend: str):
     model = _models_by_id.get(model_id)
     if model is None:
         os.environ.setdefault("KERAS_BACKEND", backend)
         limit_threads(threads_per_task())
-        if hasattr(model_bytes, "value"):  # sent once ahead of the tasks (session.ship_bytes)
-            model_bytes = model_bytes.value
-        from keras_spark.model_bytes import model_from_bytes
+        if hasattr(package, "value"):  # sent once ahead of the tasks (session.ship_bytes)
+            package = package.value
+        from keras_spark.model_package import open_model
 
-        model = model_from_bytes(model_bytes, compile=False)
+        model = open_model(package, compile=False)
         _models_by_id.clear()  # one model per worker at a time keeps worker memory flat
         _models_by_id[model_id] = model
         # The backend and the model are hundreds of thousands of long-lived objects; left in
@@ -130,11 +130,11 @@ def default_batch_rows(row_bytes: int) -> int:
     return max(low, min(high, PREDICT_BATCH_BYTES // max(1, row_bytes)))
 
 
-def _score_batches(batches, *, model_id, model_bytes, backend, bindings, output_types, batch_size):
+def _score_batches(batches, *, model_id, package, backend, bindings, output_types, batch_size):
     """Executor side: each Arrow batch -> the same batch plus the `model_output` struct."""
     import keras
 
-    model = _load_model(model_id, model_bytes, backend)
+    model = _load_model(model_id, package, backend)
     names = [t for t, _ in output_types]
     for batch in batches:
         if batch.num_rows == 0:
@@ -153,40 +153,45 @@ def _score_batches(batches, *, model_id, model_bytes, backend, bindings, output_
         yield pa.RecordBatch.from_arrays(batch.columns + [struct], names=batch.schema.names + [OUTPUT_COLUMN])
 
 
-def _package(model) -> tuple[str, bytes]:
-    """(id, .keras bytes) of the model as it is now; the same bytes again while weights and config are unchanged.
+def _package(model, custom_objects: dict | None) -> tuple[str, bytes]:
+    """(id, model package) of the model as it is now; the same bytes again while nothing changed.
 
     Saving twice gives different bytes (the archive records when it was saved), so the
-    bytes are kept on the model under a fingerprint of what scoring depends on: then a
-    second predict sends nothing new to a Connect server and workers keep the loaded model.
+    package is kept on the model under a fingerprint of what scoring depends on (config,
+    weights, the custom objects given): then a second predict sends nothing new to a
+    Connect server and workers keep the loaded model.
     """
     import json
 
-    from keras_spark.model_bytes import model_to_bytes
+    from keras_spark.model_package import pack_model
 
     digest = hashlib.sha256(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
     for weight in model.get_weights():
         digest.update(np.ascontiguousarray(weight).tobytes())
+    for name, obj in sorted((custom_objects or {}).items()):
+        digest.update(f"{name}={id(obj)}".encode())
     fingerprint = digest.hexdigest()
     kept = getattr(model, "_keras_spark_package", None)
     if kept is None or kept[0] != fingerprint:
-        kept = (fingerprint, model_to_bytes(model))
+        package = pack_model(model, custom_objects)
+        kept = (fingerprint, (hashlib.sha256(package).hexdigest(), package))
         model._keras_spark_package = kept
-    return kept
+    return kept[1]
 
 
-def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int | None):
+def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int | None,
+                      custom_objects: dict | None = None):
     """A lazy DataFrame: every column of `df` plus `model_output`, scored on the executors."""
     import keras
 
     schema = output_schema(model, df.schema)
     output_types = [(f.name, f.dataType) for f in schema[OUTPUT_COLUMN].dataType.fields]
-    model_id, model_bytes = _package(model)
+    model_id, package = _package(model, custom_objects)
     score = functools.partial(
         _score_batches,
         # Keyed by content: scoring again with unchanged weights reuses each worker's loaded model.
         model_id=model_id,
-        model_bytes=ship_bytes(df.sparkSession, model_bytes),
+        package=ship_bytes(df.sparkSession, package),
         backend=keras.backend.backend(),
         bindings=bindings,
         output_types=output_types,

@@ -21,14 +21,29 @@ from keras_spark.progress import RowsTrained, with_callback
 from keras_spark.shutdown import terminate_cleanly
 from keras_spark.spark import is_spark_dataframe
 from keras_spark.spark.extract import extract
+from keras_spark.weights import bind_weight_column, check_weight_values, class_weight_table
 
 
-def _bind(model, df, partition_col: str, with_labels: bool):
+def _bind(model, df, partition_col: str, with_labels: bool, sample_weight=None):
     binding.check_partition_column(df.schema, partition_col)
     bound = binding.bind_inputs(model, df.schema)
     if with_labels:
         bound += binding.bind_labels(model, df.schema, keras.config.floatx())
+    if sample_weight is not None:
+        bound.append(bind_weight_column(df.schema, sample_weight, keras.config.floatx()))
     return bound
+
+
+def _check_class_weight(model, sample_weight, class_weight) -> None:
+    """The rules Keras applies to NumPy data, applied before Spark runs."""
+    if class_weight is None:
+        return
+    if sample_weight is not None:
+        raise BindingError("pass sample_weight or class_weight, not both (as Keras does for NumPy data)")
+    if len(model.output_names) != 1:
+        raise BindingError(f"class_weight is only supported for models with a single output; this model has "
+                           f"{model.output_names}")
+    class_weight_table(class_weight)
 
 
 def _reject(name: str, value, why: str) -> None:
@@ -52,6 +67,7 @@ def _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite=Fals
     cached = extract(df, bindings, partition_col, cache_dir=cache_dir, allow_non_finite=allow_non_finite)
     try:
         binding.check_label_shapes(model, cached.bindings, cached.shapes)
+        check_weight_values(cached)
         yield cached
     finally:
         cached.remove()
@@ -77,17 +93,17 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
                   num_parallel_calls=None, cache_dir=None, shuffle=True, validation_data=None,
                   validation_split=0.0, validation_batch_size=None, sample_weight=None, initial_epoch=0,
                   steps_per_epoch=None, validation_steps=None, num_workers=1, allow_non_finite=False,
-                  **keras_kwargs):
-    """Model.fit on a DataFrame: labels are the columns named like the outputs."""
+                  class_weight=None, custom_objects=None, **keras_kwargs):
+    """Model.fit on a DataFrame: labels are the columns named like the outputs, weights a column's name."""
     _reject("y", y, "labels are the columns named like the model's outputs")
-    _reject("sample_weight", sample_weight, "put weights in the loss or filter rows in Spark")
+    _check_class_weight(model, sample_weight, class_weight)
     _reject("validation_split", validation_split, "pass validation_data=<DataFrame> (e.g. from df.randomSplit)")
     batch_size = batch_size_or_default(batch_size)
     if validation_batch_size is not None:
         validation_batch_size = batch_size_or_default(validation_batch_size, "validation_batch_size")
     if not isinstance(num_workers, int) or num_workers < 1:
         raise BindingError(f"num_workers must be a positive integer; got {num_workers!r}")
-    train_bindings = _bind(model, df, partition_col, with_labels=True)
+    train_bindings = _bind(model, df, partition_col, with_labels=True, sample_weight=sample_weight)
     spark_validation = validation_data is not None and is_spark_dataframe(validation_data)
     val_bindings = _bind(model, validation_data, partition_col, True) if spark_validation else None
     if num_workers > 1:
@@ -99,7 +115,8 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
             model, df, train_bindings, num_workers=num_workers, batch_size=batch_size, epochs=epochs,
             partition_col=partition_col, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir,
             shuffle=shuffle, validation_data=validation_data, validation_batch_size=validation_batch_size,
-            initial_epoch=initial_epoch, allow_non_finite=allow_non_finite, **keras_kwargs,
+            initial_epoch=initial_epoch, allow_non_finite=allow_non_finite, class_weight=class_weight,
+            custom_objects=custom_objects, **keras_kwargs,
         )
     seed = random.getrandbits(63)  # keras.utils.set_random_seed seeds `random`
 
@@ -112,7 +129,7 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
             val_cached = stack.enter_context(
                 _cached(model, validation_data, val_bindings, partition_col, cache_dir, allow_non_finite))
         feed = _feed(model, cached, batch_size, shuffle=shuffle, seed=seed,
-                     num_parallel_calls=num_parallel_calls, first_epoch=initial_epoch)
+                     num_parallel_calls=num_parallel_calls, first_epoch=initial_epoch, class_weight=class_weight)
         stack.callback(feed.close)
         if spark_validation:
             val_feed = _feed(model, val_cached, validation_batch_size or batch_size, shuffle=False, seed=0,
@@ -140,10 +157,9 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
 
 def evaluate_dataframe(model, df, *, y=None, batch_size=None, super_evaluate, partition_col="partition_id",
                        cache_dir=None, sample_weight=None, steps=None, allow_non_finite=False, **keras_kwargs):
-    """Model.evaluate on a DataFrame, in row order, on the driver."""
+    """Model.evaluate on a DataFrame, in row order, on the driver; `sample_weight` names a weight column."""
     _reject("y", y, "labels are the columns named like the model's outputs")
-    _reject("sample_weight", sample_weight, "put weights in the loss or filter rows in Spark")
-    bindings = _bind(model, df, partition_col, with_labels=True)
+    bindings = _bind(model, df, partition_col, with_labels=True, sample_weight=sample_weight)
     with terminate_cleanly(), _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite) as cached:
         feed = _feed(model, cached, batch_size_or_default(batch_size), shuffle=False, seed=0, num_parallel_calls=1)
         try:

@@ -1,0 +1,170 @@
+"""The model package: what travels to Spark executors and training workers, as plain bytes.
+
+    package = pack_model(model, custom_objects)   # on the driver, once per predict/fit
+    model = open_model(package)                    # in a Python worker, once (callers cache it)
+
+A package holds the `.keras` bytes (architecture, weights, compile config, optimizer
+state), the backend it was made under, and the custom objects the model needs,
+pickled with cloudpickle as Spark pickles UDFs: by reference when they live in an
+installed package the executors can import, by value when they live in `__main__`
+or in a file outside any installed package (a script, a notebook helper, a test
+module). It is plain bytes, so how it travels (a broadcast, an artifact, a closure)
+is the caller's choice. `open_model` loads inside a `custom_object_scope`, with
+Keras's `safe_mode` left on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import sys
+import sysconfig
+import tempfile
+
+from keras_spark.errors import ModelPackageError
+
+_FORMAT = "keras-spark model package 1"
+
+
+def model_to_bytes(model) -> bytes:
+    """The model as .keras bytes: architecture, weights, compile config and optimizer state."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def custom_objects_for(model_bytes: bytes, explicit: dict | None = None) -> dict:
+    """The registered custom objects the model's files name, plus every explicit one.
+
+    Registered objects appear in the saved config under their registered name
+    ("package>Name"); those the model never names are left behind, so an unrelated
+    registration (another library's, or an unpicklable one) costs nothing.
+    """
+    import zipfile
+    import io
+
+    import keras
+
+    with zipfile.ZipFile(io.BytesIO(model_bytes)) as archive:
+        config = archive.read("config.json").decode("utf-8")
+    named = {key: obj for key, obj in keras.saving.get_custom_objects().items()
+             if f'"{key}"' in config and not _is_keras_spark(obj)}
+    return {**named, **dict(explicit or {})}
+
+
+def _is_keras_spark(obj) -> bool:
+    return (getattr(obj, "__module__", "") or "").split(".")[0] == "keras_spark"
+
+
+def _installed_roots() -> list[str]:
+    paths = sysconfig.get_paths()
+    return [os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths]
+
+
+def _ships_by_value(module_name: str) -> bool:
+    """True for code the executors may not be able to import: __main__, or a file outside site-packages."""
+    if module_name == "__main__":
+        return False  # cloudpickle already pickles __main__ by value
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None)
+    if module is None or path is None:
+        return False
+    path = os.path.realpath(path)
+    return not any(path.startswith(root + os.sep) for root in _installed_roots())
+
+
+@contextlib.contextmanager
+def _by_value(modules: set[str]):
+    """Registers `modules` with cloudpickle for pickling by value, for the duration only."""
+    from pyspark import cloudpickle
+
+    added = [sys.modules[m] for m in sorted(modules) if m not in cloudpickle.list_registry_pickle_by_value()]
+    for module in added:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        for module in added:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def pickle_custom_objects(objects: dict) -> bytes:
+    """The custom objects as cloudpickle bytes; ModelPackageError names one that cannot travel."""
+    from pyspark import cloudpickle
+
+    modules = {getattr(obj, "__module__", None) for obj in objects.values()}
+    with _by_value({m for m in modules if m and _ships_by_value(m)}):
+        for key, obj in objects.items():
+            try:
+                cloudpickle.dumps(obj)
+            except Exception as error:
+                raise ModelPackageError(
+                    f"custom object '{key}' ({getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', obj)!s}) "
+                    f"cannot be shipped to the Spark executors: {type(error).__name__}: {error}. Define it at module "
+                    f"level without references to open files, locks or sessions, or install the module that "
+                    f"defines it on the executors"
+                ) from error
+        return cloudpickle.dumps(objects)
+
+
+def pack_model(model, custom_objects: dict | None = None) -> bytes:
+    """Driver side: the model and the custom objects it needs, as one bytes value."""
+    import keras
+
+    model_bytes = model_to_bytes(model)
+    objects = custom_objects_for(model_bytes, custom_objects)
+    return pickle.dumps({
+        "format": _FORMAT,
+        "backend": keras.backend.backend(),
+        "keras": model_bytes,
+        "custom_objects": pickle_custom_objects(objects),
+        "custom_object_names": sorted(objects),
+    })
+
+
+def read_package(package: bytes) -> dict:
+    """The package's parts: `keras` (bytes), `backend`, `custom_objects` (pickled), `custom_object_names`."""
+    parts = pickle.loads(package)
+    if not isinstance(parts, dict) or parts.get("format") != _FORMAT:
+        raise ModelPackageError("not a keras-spark model package (made by a different keras-spark version?)")
+    return parts
+
+
+def _register(objects: dict) -> None:
+    """Later deserialization in this process (the compile config, a checkpoint) finds them too."""
+    import keras
+
+    for key, obj in objects.items():
+        if ">" in key and hasattr(obj, "get_config"):
+            package, name = key.split(">", 1)
+            keras.saving.register_keras_serializable(package=package, name=name)(obj)
+        else:
+            keras.saving.get_custom_objects()[key] = obj
+
+
+def open_model(package: bytes, **load_kwargs):
+    """Worker side: the model, its custom objects unpickled and in scope (sets KERAS_BACKEND if unset)."""
+    parts = read_package(package)
+    os.environ.setdefault("KERAS_BACKEND", parts["backend"])
+    from pyspark import cloudpickle
+
+    objects = cloudpickle.loads(parts["custom_objects"])
+    _register(objects)
+    return model_from_bytes(parts["keras"], custom_objects=objects, **load_kwargs)
+
+
+def model_from_bytes(model_bytes: bytes, custom_objects: dict | None = None, **load_kwargs):
+    """.keras bytes -> the model (imports Keras: set KERAS_BACKEND first)."""
+    import keras
+
+    import keras_spark.models  # noqa: F401  registers KerasSparkModel for load_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        with open(path, "wb") as f:
+            f.write(model_bytes)
+        with keras.saving.custom_object_scope(custom_objects or {}):
+            return keras.models.load_model(path, **load_kwargs)
