@@ -18,7 +18,6 @@ import os
 import time
 
 import numpy as np
-
 from common import emit, float_features, median, spark_session, to_numpy
 
 BATCH = 512
@@ -124,7 +123,8 @@ def main():
     peta = petastorm_rows_per_s(spark, df)
     emit("core", {
         "rows": args.rows, "row_bytes": table.shape[1] * 4, "batch_size": BATCH, "partitions": args.partitions,
-        "rows_per_s": {"keras_spark_core": ours, f"keras_spark_core_pull{pull}": ours_pull, "numpy_copy": copy, "numpy_gather": gather,
+        "rows_per_s": {"keras_spark_core": ours, f"keras_spark_core_pull{pull}": ours_pull, "numpy_copy": copy,
+                       "numpy_gather": gather,
                        "seed_style": seed["rows_per_s"], "petastorm": peta["rows_per_s"]},
         "core_stats": stats, "seed_style": seed, "petastorm": peta,
         "ratios": {

@@ -5,7 +5,8 @@
 The driver's Python process is watched (resident memory sampled every 50 ms): its heap
 (RssAnon) growth above the baseline after Spark, Keras and the model are loaded must stay
 under the cap while the data set is ~3x the cap. Mapped cache pages (RssFile) are reported
-too; the core drops the mapping of each partition once its rows are planned. Then the epoch time per row is measured at N and 2N rows and
+too; the core drops the mapping of each partition once its rows are planned. Then the epoch
+time per row is measured at N and 2N rows and
 at 16 and 1,024 partition ids (ratios near 1 mean flat cost).
 """
 

@@ -31,12 +31,14 @@ def table() -> str:
         r = load(name)
         if r:
             ours, limit = r["keras_spark"], r["limit_numpy"]
-            lines.append(f"| {label}: later epoch (s) | {ours['later_epoch_s']:.2f} | NumPy {limit['later_epoch_s']:.2f} "
-                         f"| {r['ratios']['later_epoch_vs_limit']:.2f}x | <= 1.05x |")
+            lines.append(f"| {label}: later epoch (s) | {ours['later_epoch_s']:.2f} | "
+                         f"NumPy {limit['later_epoch_s']:.2f} | "
+                         f"{r['ratios']['later_epoch_vs_limit']:.2f}x | <= 1.05x |")
             lines.append(f"| {label}: first epoch incl. Spark pass (s) | {ours['first_epoch_s']:.2f} | NumPy "
                          f"{limit['first_epoch_s']:.2f} | {r['ratios']['first_epoch_vs_limit_first']:.2f}x | <= 1.5x |")
             lines.append(f"| {label}: fit rows/s vs seed-style | {r['rows'] / ours['later_epoch_s']:,.0f} | "
-                         f"{r['seed_style']['rows_per_s']:,.0f} | {r['ratios']['fit_rows_per_s_vs_seed_style']:.0f}x | |")
+                         f"{r['seed_style']['rows_per_s']:,.0f} | "
+                         f"{r['ratios']['fit_rows_per_s_vs_seed_style']:.0f}x | |")
     c = load("core")
     if c:
         rps = c["rows_per_s"]
@@ -53,12 +55,18 @@ def table() -> str:
     p = load("predict_w3")
     if p:
         rps = p["rows_per_s"]
-        lines.append(f"| W3 predict (rows/s) | {rps['keras_spark']:,.0f} | predict_batch_udf {rps['predict_batch_udf']:,.0f}"
+        lines.append(f"| W3 predict (rows/s) | {rps['keras_spark']:,.0f} | "
+                     f"predict_batch_udf {rps['predict_batch_udf']:,.0f}"
                      f" | {p['ratios']['keras_spark_vs_predict_batch_udf']:.2f}x | >= 2x |")
+        if "keras_spark_default" in rps:
+            lines.append(f"| W3 predict, no batch_size (rows/s) | {rps['keras_spark_default']:,.0f} | "
+                         f"batch_size=32 {rps['keras_spark_32']:,.0f} | "
+                         f"{p['ratios']['default_batch_vs_batch_32']:.2f}x | |")
     m = load("memory_w4")
     if m:
-        lines.append(f"| W4 fit on {m['data_gb']:.1f} GB, driver RSS growth (GB) | {m['driver_rss_growth_gb']:.2f} | cap "
-                     f"{m['cap_gb']:.1f} | {'under' if m['under_cap'] else 'OVER'} | under cap |")
+        lines.append(f"| W4 fit on {m['data_gb']:.1f} GB, driver RSS growth (GB) | "
+                     f"{m['driver_rss_growth_gb']:.2f} | cap {m['cap_gb']:.1f} | "
+                     f"{'under' if m['under_cap'] else 'OVER'} | under cap |")
         s = m["scaling"]
         lines.append(f"| W4 epoch time 2N / N | | | {s['time_2N_over_N']:.2f} | <= 2.1 |")
         lines.append(f"| W4 per-row cost, 1,024 / 16 ids | | | {s['ids_1024_over_16_per_row']:.2f} | <= 1.1 |")

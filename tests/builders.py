@@ -1,7 +1,10 @@
 """Small DataFrames and models the tests share; data is generated in Spark, not downloaded."""
 
+import os
+
 import keras
 import numpy as np
+import pytest
 from pyspark.sql import functions as F
 
 from keras_spark.models import KerasSparkModel
@@ -42,3 +45,12 @@ def regression_model(features: int = 4) -> KerasSparkModel:
     model = KerasSparkModel(x, y)
     model.compile(optimizer="adam", loss="mse")
     return model
+
+
+# num_workers trains in JAX subprocesses whatever this process's backend, so its scenarios
+# run once, in the suite's KERAS_BACKEND=jax pass (the README's test command runs all three).
+only_in_the_jax_pass = pytest.mark.skipif(
+    os.environ.get("KERAS_BACKEND") != "jax",
+    reason="num_workers scenarios run in JAX subprocesses whatever this process's backend; "
+           "they run once, in the suite's KERAS_BACKEND=jax pass",
+)

@@ -82,6 +82,7 @@ def classic_spark(spark):
 def isolated_connect(spark, request):
     """`spark` where it is a Connect session to a server whose /tmp the client cannot see."""
     from connect_server import can_isolate
+
     from keras_spark.spark.session import is_connect
 
     if not is_connect(spark):

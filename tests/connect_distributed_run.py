@@ -18,7 +18,6 @@ from pyspark.sql.connect.session import SparkSession  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from builders import numeric_frame, regression_model  # noqa: E402
-from keras_spark.errors import TrainingError  # noqa: E402
 
 spark = SparkSession.builder.remote(os.environ["KERAS_SPARK_CONNECT_URL"]).getOrCreate()
 

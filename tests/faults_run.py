@@ -21,10 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from builders import numeric_frame, regression_model  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
-
-from builders import numeric_frame, regression_model  # noqa: E402
 
 TAG = os.environ["KERAS_SPARK_TEST_TAG"]  # in every process this run starts: how we find our workers
 spark = (SparkSession.builder.master("local[2,4]").config("spark.ui.enabled", "false")

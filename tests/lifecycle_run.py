@@ -19,9 +19,8 @@ os.environ["PYSPARK_PYTHON"] = sys.executable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
-from pyspark.sql import SparkSession  # noqa: E402
-
 from builders import numeric_frame, regression_model  # noqa: E402
+from pyspark.sql import SparkSession  # noqa: E402
 
 phase = sys.argv[1]
 marker_dir = os.environ["MARKER_DIR"]

@@ -2,9 +2,9 @@
 
 import keras
 import pytest
+from builders import numeric_frame
 from pyspark.sql import functions as F
 
-from builders import numeric_frame
 from keras_spark.errors import BindingError, DataError
 from keras_spark.models import KerasSparkModel
 

@@ -16,12 +16,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from builders import numeric_frame, regression_model
 from pyspark.sql import functions as F
 
 from keras_spark import scratch
 from keras_spark.shutdown import NativeHandle, terminate_cleanly
-
-from builders import numeric_frame, regression_model
 
 
 def _leftovers(parent) -> list[str]:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import numeric_frame, only_in_the_jax_pass, regression_model, to_numpy
 
-from builders import numeric_frame, regression_model, to_numpy
 from keras_spark.spark import session
 from keras_spark.spark.extract import CLIENT_WROTE, EXECUTORS_WROTE
 
@@ -83,6 +83,8 @@ def distributed_scenarios(spark, request):
     connect_server = request.getfixturevalue("connect_server")
     if not connect_server.isolated:
         pytest.skip("this machine cannot give the Connect server a private /tmp")
+    if os.environ.get("KERAS_BACKEND") != "jax":
+        pytest.skip(only_in_the_jax_pass.kwargs["reason"])
     env = dict(os.environ, KERAS_BACKEND="jax", KERAS_SPARK_CONNECT_URL=connect_server.url)
     env.pop("SPARK_CONNECT_MODE_ENABLED", None)
     script = Path(__file__).with_name("connect_distributed_run.py")

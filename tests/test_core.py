@@ -41,7 +41,8 @@ def test_nested_lists_become_dense_dimensions(rows, dims, large, fixed):
     values = np.arange(rows * int(np.prod(dims)), dtype=np.float64).reshape([rows] + dims)
     arrow_type = pa.float64()
     for d in reversed(dims):
-        arrow_type = pa.list_(arrow_type, d) if fixed else (pa.large_list(arrow_type) if large else pa.list_(arrow_type))
+        variable = pa.large_list(arrow_type) if large else pa.list_(arrow_type)
+        arrow_type = pa.list_(arrow_type, d) if fixed else variable
     array = pa.array(values.tolist(), arrow_type)
     got, shape = dense(array, "float32", [-1] * len(dims))
     assert shape == dims

@@ -18,9 +18,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from builders import numeric_frame, only_in_the_jax_pass, regression_model, to_numpy
 from pyspark.sql import functions as F
 
-from builders import numeric_frame, regression_model, to_numpy
 from keras_spark.binding import bind_inputs, bind_labels
 from keras_spark.errors import BindingError, DataError, ModelPackageError
 from keras_spark.feed import BatchFeed, keras_input
@@ -123,7 +123,8 @@ def unshippable_activation(x):
         return x
 
 
-def test_an_unpicklable_custom_object_is_refused_on_the_driver_naming_it(spark):
+def test_an_unpicklable_custom_object_is_refused_on_the_driver_naming_it(classic_spark):
+    spark = classic_spark  # counts jobs through the SparkContext
     df = numeric_frame(spark, 20, 2)
     model = regression_model()
     spark.sparkContext.setJobGroup("unpicklable", "no job may start")
@@ -183,11 +184,14 @@ def test_rows_of_weight_zero_do_not_train(spark):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("value, found", [("-1.0", "-1.0"), ("'NaN'", "nan")])
-def test_negative_and_nan_weights_are_refused_naming_column_and_row(spark, value, found):
+@pytest.mark.parametrize("value, message", [
+    ("-1.0", r"sample_weight column 'w' has the weight -1.0 at row \d+ of partition id 1"),
+    ("'NaN'", r"column 'w' has a NaN or infinite value \(nan\) at row \d+ of a batch, in partition id 1"),
+])
+def test_negative_and_nan_weights_are_refused_naming_column_and_row(spark, value, message):
     df = numeric_frame(spark, 100, 2).withColumn(
         "w", F.when(F.col("id") == 41, F.expr(f"CAST({value} AS DOUBLE)")).otherwise(F.lit(1.0)))
-    with pytest.raises(DataError, match=rf"sample_weight column 'w' has the weight {found} at row \d+ of partition id 1"):
+    with pytest.raises(DataError, match=message):
         regression_model().fit(df, sample_weight="w", batch_size=32, verbose=0)
 
 
@@ -333,6 +337,7 @@ def test_mlflow_autolog_fit_completes(tmp_path):
     assert result["logged_loss_steps"] == 2
 
 
+@only_in_the_jax_pass
 def test_distributed_fit_with_custom_objects_and_weights():
     env = dict(os.environ, KERAS_BACKEND="jax")
     done = subprocess.run([sys.executable, str(HERE / "custom_objects_distributed_run.py")], env=env,

@@ -12,17 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import numeric_frame, only_in_the_jax_pass, regression_model
 from pyspark.sql import functions as F
 
 from keras_spark.errors import BindingError
 from keras_spark.feed import lockstep_weights
 from keras_spark.spark.distributed import assign_partitions, routing_keys, spark_hash_int
 
-from builders import numeric_frame, regression_model
-
 
 @pytest.fixture(scope="module")
 def scenarios():
+    if os.environ.get("KERAS_BACKEND") != "jax":
+        pytest.skip(only_in_the_jax_pass.kwargs["reason"])
     env = dict(os.environ, KERAS_BACKEND="jax")
     script = Path(__file__).with_name("distributed_run.py")
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=1200)
@@ -119,6 +120,8 @@ def _expect_refusal(spark, match, **fit_kwargs):
         model.fit(numeric_frame(spark, 64, 4), **fit_kwargs)
 
 
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND") == "jax",
+                    reason="needs a process whose Keras backend is not JAX: runs in the tensorflow and torch passes")
 def test_backends_other_than_jax_get_a_clear_error(spark):
     _expect_refusal(spark, "JAX backend only.*KERAS_BACKEND=jax", num_workers=2, batch_size=32)
 

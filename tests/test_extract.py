@@ -3,8 +3,8 @@
 import os
 
 import numpy as np
-
 from builders import numeric_frame, regression_model
+
 from keras_spark.binding import bind_inputs, bind_labels
 from keras_spark.feed import BatchFeed
 from keras_spark.spark.extract import extract

@@ -5,13 +5,13 @@ import math
 import keras
 import numpy as np
 import pytest
+from builders import numeric_frame, regression_model, to_numpy
 from keras import ops
 
-from builders import numeric_frame, regression_model, to_numpy
+from keras_spark.binding import bind_inputs
 from keras_spark.feed import BatchFeed
 from keras_spark.models import KerasSparkModel
 from keras_spark.spark.extract import extract
-from keras_spark.binding import bind_inputs
 
 
 def _id_model():

@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from builders import numeric_frame, to_numpy
 from pyspark.sql import types as T
 
-from builders import numeric_frame, to_numpy
 from keras_spark.models import KerasSparkModel
 
 

@@ -3,8 +3,8 @@
 
 def test_seed_quickstart_runs_as_written(spark):
     import pandas as pd
-    from pyspark.sql import SparkSession
     import tensorflow as tf
+    from pyspark.sql import SparkSession
 
     # Initialize a Spark session
     spark = SparkSession.builder.appName("spark_keras").getOrCreate()
@@ -19,6 +19,7 @@ def test_seed_quickstart_runs_as_written(spark):
     )
 
     import tensorflow as tf
+
     from keras_spark.models import KerasSparkModel as Model
 
     # Define the Keras model

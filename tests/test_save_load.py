@@ -2,8 +2,8 @@
 
 import keras
 import numpy as np
-
 from builders import numeric_frame, regression_model, to_numpy
+
 from keras_spark.models import KerasSparkModel, load_model
 
 

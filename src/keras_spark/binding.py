@@ -153,7 +153,7 @@ def _same_shape(label: tuple[int, ...], output: tuple) -> bool:
     """Equal where the output's dimension is known; a trailing 1 on either side is the same row."""
     strip = lambda s: s[:-1] if s and s[-1] == 1 else s  # noqa: E731
     label, output = strip(tuple(label)), strip(tuple(output))
-    return len(label) == len(output) and all(o is None or o == d for d, o in zip(label, output))
+    return len(label) == len(output) and all(o is None or o == d for d, o in zip(label, output, strict=True))
 
 
 def check_label_shapes(model, bindings: list[ColumnBinding], shapes: list[tuple[int, ...]]) -> None:

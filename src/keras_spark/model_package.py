@@ -43,8 +43,8 @@ def custom_objects_for(model_bytes: bytes, explicit: dict | None = None) -> dict
     ("package>Name"); those the model never names are left behind, so an unrelated
     registration (another library's, or an unpicklable one) costs nothing.
     """
-    import zipfile
     import io
+    import zipfile
 
     import keras
 

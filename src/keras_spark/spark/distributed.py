@@ -35,8 +35,8 @@ import pyarrow as pa
 from pyspark.sql import functions as F
 
 from keras_spark import binding, scratch
-from keras_spark.spark import is_spark_dataframe
 from keras_spark.errors import BindingError, DataError, TrainingError
+from keras_spark.spark import is_spark_dataframe
 from keras_spark.spark.extract import _agree_on_shape, _assemble, _write_rows
 from keras_spark.spark.score import threads_per_task
 from keras_spark.spark.session import ship_bytes, task_slots

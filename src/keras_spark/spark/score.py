@@ -148,7 +148,8 @@ def _score_batches(batches, *, model_id, package, backend, bindings, output_type
             chunks.append(keras.tree.flatten(out))
         outputs = [np.concatenate([c[i] for c in chunks]) if len(chunks) > 1 else chunks[0][i]
                    for i in range(len(names))]
-        fields = [_to_arrow(np.asarray(o), spark_type) for o, (_, spark_type) in zip(outputs, output_types, strict=True)]
+        fields = [_to_arrow(np.asarray(o), spark_type)
+                  for o, (_, spark_type) in zip(outputs, output_types, strict=True)]
         struct = pa.StructArray.from_arrays(fields, names=names)
         yield pa.RecordBatch.from_arrays(batch.columns + [struct], names=batch.schema.names + [OUTPUT_COLUMN])
 
