@@ -228,7 +228,7 @@ class BatchFeed:
             self._retire(reader)
 
 
-def _tf_dataset(feed: BatchFeed):
+def _tf_dataset(feed: BatchFeed, endless: bool = False):
     import tensorflow as tf
 
     size = feed.batch_size
@@ -240,6 +240,9 @@ def _tf_dataset(feed: BatchFeed):
             lambda i: tf.nest.map_structure(lambda t: t[i * size:(i + 1) * size], pulled)
         )
 
+    if endless:  # a user's own steps_per_epoch: steps run on across passes, as with dataset.repeat()
+        return tf.data.Dataset.from_generator(lambda: iter(feed), output_signature=feed.signature()).flat_map(
+            split).prefetch(2 * feed.batches_per_pull)
     # Finite, one epoch an iteration, each from its own reader: Keras starts a new iterator
     # each epoch (the cardinality is known), and whoever else iterates it (MLflow's autolog
     # hashes every element before fit) gets a whole pass of its own instead of spinning forever.
@@ -248,8 +251,8 @@ def _tf_dataset(feed: BatchFeed):
     return dataset.apply(tf.data.experimental.assert_cardinality(feed.steps_per_epoch))
 
 
-def _generator(feed: BatchFeed):
-    return iter(feed)
+def _generator(feed: BatchFeed, endless: bool = False):
+    return iter(feed)  # Keras reads a generator once: it is endless either way
 
 
 _ADAPTERS = {"tensorflow": _tf_dataset}
@@ -262,9 +265,12 @@ def batches_per_pull(batch_bytes: int) -> int:
     return max(1, min(TF_BATCHES_PER_PULL, TF_PULL_BYTES // max(1, batch_bytes)))
 
 
-def keras_input(feed: BatchFeed):
-    """What to pass to Keras's fit/evaluate as `x` for the active backend."""
-    return _ADAPTERS.get(keras.backend.backend(), _generator)(feed)
+def keras_input(feed: BatchFeed, endless: bool = False):
+    """What to pass to Keras's fit/evaluate as `x` for the active backend.
+
+    `endless`: the caller sets its own steps per epoch, so epochs need not follow passes.
+    """
+    return _ADAPTERS.get(keras.backend.backend(), _generator)(feed, endless)
 
 
 def lockstep_weights(worker_rows: list[int], local_batch: int, step: int) -> tuple[int, float]:

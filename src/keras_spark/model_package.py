@@ -160,8 +160,8 @@ def model_from_bytes(model_bytes: bytes, custom_objects: dict | None = None, **l
     """.keras bytes -> the model (imports Keras: set KERAS_BACKEND first)."""
     import keras
 
-    import keras_spark.models  # noqa: F401  registers KerasSparkModel for load_model
-
+    # No import of keras_spark.models here (that would be an import circle): packages hold
+    # plain functional models (KerasSparkModel.save), which plain Keras loads.
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.keras")
         with open(path, "wb") as f:

@@ -11,9 +11,9 @@ Given anything that is not a Spark DataFrame, every method is keras.Model's own.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import keras
-from keras.src.models.functional import Functional
 
 from keras_spark import binding
 from keras_spark.errors import BindingError
@@ -124,7 +124,7 @@ class KerasSparkModel(keras.Model):
         if type(self) is not KerasSparkModel:  # a user's subclass: its own class is its config
             return super().save(filepath, *args, **kwargs)
         with _as_functional(self):
-            return Functional.save(self, filepath, *args, **kwargs)
+            return _functional_class().save(self, filepath, *args, **kwargs)
 
 
 def _reject_spark_keywords(spark_only: dict, method: str) -> None:
@@ -133,10 +133,17 @@ def _reject_spark_keywords(spark_only: dict, method: str) -> None:
         raise TypeError(f"{method}() got {given}, which apply only when x is a Spark DataFrame")
 
 
+@functools.cache
+def _functional_class() -> type:
+    """Keras's functional model class (what `keras.Model(inputs, outputs)` builds), through the public API."""
+    probe = keras.Input((1,))
+    return type(keras.Model(probe, probe))
+
+
 @contextlib.contextmanager
 def _as_functional(model):
     # The saved config names the class; for the length of the save it is Keras's own.
-    object.__setattr__(model, "__class__", Functional)
+    object.__setattr__(model, "__class__", _functional_class())
     try:
         yield
     finally:
@@ -146,13 +153,12 @@ def _as_functional(model):
 def as_keras_spark_model(model) -> KerasSparkModel:
     """A functional keras.Model as a KerasSparkModel: the same layers and weights, the same
     compile config and the same optimizer (its state included)."""
-    if isinstance(model, KerasSparkModel) or not isinstance(model, Functional) or isinstance(model, keras.Sequential):
+    if (isinstance(model, KerasSparkModel) or not isinstance(model, _functional_class())
+            or isinstance(model, keras.Sequential)):
         return model
-    wrapped = KerasSparkModel(model._inputs_struct, model._outputs_struct, name=model.name)
+    wrapped = KerasSparkModel(model.input, model.output, name=model.name)
     if model.compiled and model.get_compile_config():
-        from keras.src.saving import serialization_lib
-
-        config = serialization_lib.deserialize_keras_object(model.get_compile_config())
+        config = keras.saving.deserialize_keras_object(model.get_compile_config())
         wrapped.compile(**dict(config, optimizer=model.optimizer))
     return wrapped
 

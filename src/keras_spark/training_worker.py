@@ -129,7 +129,6 @@ def train(job: dict) -> dict:
     # The workers of one executor share its cores: each takes the task's share (spark.task.cpus).
     limit_threads(job["threads"])
     import keras
-    from keras.src.saving import serialization_lib
 
     from keras_spark.feed import BatchFeed, LockstepFeed, lockstep_weights
     from keras_spark.model_package import open_model
@@ -142,7 +141,7 @@ def train(job: dict) -> dict:
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
 
     model = open_model(job["package"])
-    compile_config = serialization_lib.deserialize_keras_object(model.get_compile_config())
+    compile_config = keras.saving.deserialize_keras_object(model.get_compile_config())
     model.compile(**dict(_weighted_metrics_config(compile_config), optimizer=model.optimizer))
     _metrics_on_real_rows(model)
 

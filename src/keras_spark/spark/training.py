@@ -140,7 +140,8 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
         trained = RowsTrained.for_batches(feed.rows, feed.batch_size)
         keras_kwargs["callbacks"] = with_callback(keras_kwargs.get("callbacks"), trained, model)
         history = super_fit(
-            keras_input(feed), epochs=epochs, steps_per_epoch=steps_per_epoch or feed.steps_per_epoch,
+            keras_input(feed, endless=steps_per_epoch is not None), epochs=epochs,
+            steps_per_epoch=steps_per_epoch or feed.steps_per_epoch,
             validation_data=validation_data, validation_steps=validation_steps, initial_epoch=initial_epoch,
             shuffle=False, **keras_kwargs,
         )
