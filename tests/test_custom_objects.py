@@ -203,7 +203,7 @@ def test_null_weights_are_refused_naming_the_column(spark):
 
 def test_weights_must_be_a_numeric_column_name(spark):
     df = numeric_frame(spark, 20, 2)
-    with pytest.raises(BindingError, match="sample_weight is the name of a column"):
+    with pytest.raises(TypeError, match="sample_weight is the name of a column"):
         regression_model().fit(df, sample_weight=np.ones(20), verbose=0)
     with pytest.raises(BindingError, match="sample_weight column 'x' has type array<float>"):
         regression_model().fit(df, sample_weight="x", verbose=0)
@@ -236,7 +236,7 @@ def test_class_weight_trains_as_keras_does_on_numpy(spark):
 
 def test_class_weight_with_a_weight_column_is_refused_as_with_numpy(spark):
     df = numeric_frame(spark, 30, 1).withColumn("label", F.lit(1)).withColumn("w", F.lit(1.0))
-    with pytest.raises(BindingError, match="sample_weight or class_weight, not both"):
+    with pytest.raises(ValueError, match="sample_weight or class_weight, not both"):
         _classifier().fit(df, sample_weight="w", class_weight={1: 2.0}, verbose=0)
 
 

@@ -16,7 +16,6 @@ import functools
 import keras
 
 from keras_spark import binding
-from keras_spark.errors import BindingError
 from keras_spark.spark import is_spark_dataframe
 
 _UNSET = object()
@@ -60,7 +59,7 @@ class KerasSparkModel(keras.Model):
         if not is_spark_dataframe(x):
             _reject_spark_keywords(spark_only, "fit")
             if is_spark_dataframe(kwargs.get("validation_data")):
-                raise BindingError("validation_data is a Spark DataFrame but x is not; pass both as DataFrames")
+                raise TypeError("validation_data is a Spark DataFrame but x is not; pass both as DataFrames")
             return super().fit(x, y, batch_size, epochs, *args, **kwargs)
         if args:
             raise TypeError("with a Spark DataFrame, pass fit's arguments after `epochs` by keyword")

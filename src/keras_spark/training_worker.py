@@ -17,6 +17,8 @@ import threading
 import time
 import traceback
 
+from keras_spark.worker_job import WorkerJob
+
 
 def _exit_with_parent() -> None:
     # If Spark kills the task (a failed barrier stage), its Python worker dies; this
@@ -122,52 +124,52 @@ class StepTimer:
         self.callback = _Callback()
 
 
-def train(job: dict) -> dict:
+def train(job: WorkerJob) -> dict:
     from keras_spark.spark.score import limit_threads
 
     os.environ["KERAS_BACKEND"] = "jax"
     # The workers of one executor share its cores: each takes the task's share (spark.task.cpus).
-    limit_threads(job["threads"])
+    limit_threads(job.threads)
     import keras
 
     from keras_spark.feed import BatchFeed, LockstepFeed, lockstep_weights
     from keras_spark.model_package import open_model
     from keras_spark.progress import RowsTrained
 
-    rank, num_workers = job["rank"], job["num_workers"]
-    keras.distribution.initialize(job["coordinator"], num_workers, rank)
+    rank, num_workers = job.rank, job.num_workers
+    keras.distribution.initialize(job.coordinator, num_workers, rank)
     devices = keras.distribution.list_devices()
     # Each worker feeds its own rows: Keras must not shard them again.
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
 
-    model = open_model(job["package"])
+    model = open_model(job.package)
     compile_config = keras.saving.deserialize_keras_object(model.get_compile_config())
     model.compile(**dict(_weighted_metrics_config(compile_config), optimizer=model.optimizer))
     _metrics_on_real_rows(model)
 
-    cached = job["cached"]
-    feed = BatchFeed(model, cached, batch_size=job["local_batch"], shuffle=job["shuffle"],
-                     seed=job["seed"] + rank, num_parallel_calls=job["num_parallel_calls"],
-                     first_epoch=job["initial_epoch"], class_weight=job.get("class_weight"))
-    lockstep = LockstepFeed(feed, rank=rank, worker_rows=job["worker_rows"])
+    cached = job.cached
+    feed = BatchFeed(model, cached, batch_size=job.local_batch, shuffle=job.shuffle,
+                     seed=job.seed + rank, num_parallel_calls=job.num_parallel_calls,
+                     first_epoch=job.initial_epoch, class_weight=job.class_weight)
+    lockstep = LockstepFeed(feed, rank=rank, worker_rows=job.worker_rows)
     validation = {}
-    if job["validation"] is not None:
-        val_feed = BatchFeed(model, job["validation"], batch_size=job["validation_local_batch"], shuffle=False,
-                             seed=0, num_parallel_calls=job["num_parallel_calls"])
-        val_lockstep = LockstepFeed(val_feed, rank=rank, worker_rows=job["validation_rows"])
+    if job.validation is not None:
+        val_feed = BatchFeed(model, job.validation, batch_size=job.validation_local_batch, shuffle=False,
+                             seed=0, num_parallel_calls=job.num_parallel_calls)
+        val_lockstep = LockstepFeed(val_feed, rank=rank, worker_rows=job.validation_rows)
         validation = {"validation_data": iter(val_lockstep), "validation_steps": val_lockstep.steps_per_epoch}
     timer = StepTimer()
     # Real rows of all workers in each lockstep step (pads excluded), from the shared plan.
-    trained = RowsTrained(lambda k: lockstep_weights(job["worker_rows"], job["local_batch"], k)[0],
+    trained = RowsTrained(lambda k: lockstep_weights(job.worker_rows, job.local_batch, k)[0],
                           lockstep.steps_per_epoch)
-    callbacks = _callbacks_for(rank, pickle.loads(job["callbacks"]), job["scratch"]) + [
+    callbacks = _callbacks_for(rank, pickle.loads(job.callbacks), job.scratch) + [
         timer.callback, _stop_together(), trained]
     started = time.perf_counter()
     try:
         history = model.fit(
-            iter(lockstep), steps_per_epoch=lockstep.steps_per_epoch, epochs=job["epochs"],
-            initial_epoch=job["initial_epoch"], callbacks=callbacks, shuffle=False,
-            verbose=job["verbose"] if rank == 0 else 0, **validation, **job["fit_kwargs"],
+            iter(lockstep), steps_per_epoch=lockstep.steps_per_epoch, epochs=job.epochs,
+            initial_epoch=job.initial_epoch, callbacks=callbacks, shuffle=False,
+            verbose=job.verbose if rank == 0 else 0, **validation, **job.fit_kwargs,
         )
     finally:
         feed.close()
@@ -198,12 +200,12 @@ def main(job_path: str) -> int:
     try:
         result = train(job)
     except BaseException:
-        with open(job["error_path"], "w") as f:
+        with open(job.error_path, "w") as f:
             f.write(traceback.format_exc())
         # Exit now: a normal exit would wait in JAX's shutdown barrier for peers that are
         # blocked in an all-reduce with this rank; Spark then fails the stage and stops them.
         os._exit(1)
-    with open(job["result_path"], "wb") as f:
+    with open(job.result_path, "wb") as f:
         pickle.dump(result, f)
     return 0
 

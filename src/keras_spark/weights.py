@@ -22,7 +22,7 @@ _WEIGHT_NAME = "__sample_weight__"  # never a Keras input or output name
 def bind_weight_column(schema: T.StructType, column, floatx: str = "float32") -> ColumnBinding:
     """The binding of `sample_weight=<column name>`: one number per row."""
     if not isinstance(column, str):
-        raise BindingError(
+        raise TypeError(
             f"with a Spark DataFrame, sample_weight is the name of a column of row weights; got "
             f"{type(column).__name__}. Add the weights to the DataFrame as a column and pass its name"
         )
@@ -63,7 +63,7 @@ def class_weight_table(class_weight: dict) -> np.ndarray:
     """{class index: weight} as a lookup table (classes not named weigh 1, as in Keras)."""
     keys = [int(k) for k in class_weight]
     if any(k < 0 for k in keys):
-        raise BindingError(f"class_weight keys are class indices 0..n-1; got {sorted(keys)}")
+        raise ValueError(f"class_weight keys are class indices 0..n-1; got {sorted(keys)}")
     import keras
 
     table = np.ones(max(keys) + 1 if keys else 0, dtype=keras.config.floatx())

@@ -40,6 +40,7 @@ from keras_spark.spark import is_spark_dataframe
 from keras_spark.spark.extract import _agree_on_shape, _assemble, _write_rows
 from keras_spark.spark.score import threads_per_task
 from keras_spark.spark.session import ship_bytes, task_slots
+from keras_spark.worker_job import WorkerJob
 
 _RESULT_SCHEMA = "rank int, part int, payload binary"
 _RESULT_CHUNK_BYTES = 16 << 20  # well under a Spark Connect message (128 MiB): weights come back in parts
@@ -94,7 +95,7 @@ def check_distributed(spark, *, num_workers: int, batch_size: int, backend: str,
                       validation_batch_size: int) -> None:
     """Everything that can be refused before Spark runs."""
     if backend != "jax":
-        raise BindingError(
+        raise ValueError(
             f"num_workers={num_workers} trains through keras.distribution, which runs multi-process data "
             f"parallelism on the JAX backend only; this process runs Keras on '{backend}'. Set "
             f"KERAS_BACKEND=jax (TensorFlow's MultiWorkerMirroredStrategy and PyTorch DDP are not supported "
@@ -102,15 +103,15 @@ def check_distributed(spark, *, num_workers: int, batch_size: int, backend: str,
         )
     for name, size in (("batch_size", batch_size), ("validation_batch_size", validation_batch_size)):
         if size % num_workers:
-            raise BindingError(
+            raise ValueError(
                 f"{name}={size} is the global batch and must split evenly over num_workers={num_workers}; "
                 f"try {name}={math.ceil(size / num_workers) * num_workers}"
             )
     if validation_data is not None and not is_spark_dataframe(validation_data):
-        raise BindingError("with num_workers > 1, validation_data must be a Spark DataFrame like x")
+        raise TypeError("with num_workers > 1, validation_data must be a Spark DataFrame like x")
     slots = task_slots(spark)
     if num_workers > slots:
-        raise BindingError(
+        raise ValueError(
             f"num_workers={num_workers} needs {num_workers} task slots at once (a barrier stage), "
             f"but this Spark application has {slots}"
         )
@@ -135,7 +136,7 @@ def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, e
     check_distributed(spark, num_workers=num_workers, batch_size=batch_size, backend=keras.backend.backend(),
                       validation_data=validation_data, validation_batch_size=validation_batch_size)
     if not model.compiled:
-        raise BindingError("the model must be compiled before fit (model.compile(...))")
+        raise ValueError("the model must be compiled before fit (model.compile(...))")
     package = pack_model(model, custom_objects)  # before any Spark job: an unpicklable object fails here
     names = list(dict.fromkeys([b.column for b in bindings] + [partition_col]))
     selected = df.select(*[F.col(f"`{n}`") for n in names])
@@ -167,7 +168,7 @@ def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, e
         selected.repartition(num_workers, route[F.col(f"`{partition_col}`")])
         .sortWithinPartitions(F.col(f"`{partition_col}`"))
     )
-    job = dict(
+    job = WorkerJob(
         num_workers=num_workers, owner=owner, local_batch=batch_size // num_workers, epochs=int(epochs),
         initial_epoch=int(initial_epoch), shuffle=bool(shuffle), seed=random.getrandbits(62),
         num_parallel_calls=num_parallel_calls, verbose=1 if verbose == "auto" else verbose, fit_kwargs=fit_kwargs,
@@ -261,21 +262,21 @@ def _apply(model, results: list[dict], num_workers: int):
 
 
 # -- the executors -----------------------------------------------------------------------
-def _barrier_task(batches, *, job: dict, package):
+def _barrier_task(batches, *, job: WorkerJob, package):
     """One barrier task: cache this worker's rows, agree with the others, train, report."""
     from pyspark import BarrierTaskContext
 
     ctx = BarrierTaskContext.get()
     rank = ctx.partitionId()
     # Spark kills the other tasks of a failed barrier stage (SIGKILL): the guardian removes it then.
-    workdir = scratch.make_dir(f"worker{rank}_", job["cache_dir"])
+    workdir = scratch.make_dir(f"worker{rank}_", job.cache_dir)
     try:
-        info = json.loads(_write_rows(batches, os.path.join(workdir, "rows"), job["columns"], job["pid_index"],
-                                      job["allow_non_finite"]))
-        info["stray"] = _stray_ids(info, job["owner"], rank)
-        info["train_rows"], info["validation_rows"] = _split_rows(info, job["validation_offset"])
+        info = json.loads(_write_rows(batches, os.path.join(workdir, "rows"), job.columns, job.pid_index,
+                                      job.allow_non_finite))
+        info["stray"] = _stray_ids(info, job.owner, rank)
+        info["train_rows"], info["validation_rows"] = _split_rows(info, job.validation_offset)
         if "error" not in info and info.get("rows"):
-            info.update(_weight_problem(workdir, job["bindings"], info))
+            info.update(_weight_problem(workdir, job.bindings, info))
         if rank == 0:
             info["coordinator"] = f"{_task_host(ctx, rank)}:{_free_port()}"
         infos = [json.loads(m) for m in ctx.allGather(json.dumps(info))]
@@ -283,10 +284,10 @@ def _barrier_task(batches, *, job: dict, package):
         if problem:  # every task sees the same infos, so all stop here together
             yield _result_row(rank, {"rank": rank, "error": problem})
             return
-        cached = _assemble(workdir, job["bindings"], [info])
-        cached.shapes = [_agree_on_shape(b, [i["shapes"][c] for i in infos]) for c, b in enumerate(job["bindings"])]
-        train, validation = _split_cache(cached, job["validation_offset"])
-        result = _run_worker(workdir, rank, dict(
+        cached = _assemble(workdir, job.bindings, [info])
+        cached.shapes = [_agree_on_shape(b, [i["shapes"][c] for i in infos]) for c, b in enumerate(job.bindings)]
+        train, validation = _split_cache(cached, job.validation_offset)
+        result = _run_worker(workdir, rank, dataclasses.replace(
             job, rank=rank, cached=train, validation=validation, coordinator=infos[0]["coordinator"],
             worker_rows=[i["train_rows"] for i in infos], validation_rows=[i["validation_rows"] for i in infos],
             package=package.value, threads=threads_per_task(),
@@ -371,25 +372,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_worker(workdir: str, rank: int, job: dict) -> dict:
+def _run_worker(workdir: str, rank: int, job: WorkerJob) -> dict:
     from pyspark import cloudpickle
 
     job_path = os.path.join(workdir, "job.pkl")
-    job = dict(job, result_path=os.path.join(workdir, "result.pkl"), error_path=os.path.join(workdir, "error.txt"),
-               scratch=os.path.join(workdir, "scratch"))
+    job = dataclasses.replace(job, result_path=os.path.join(workdir, "result.pkl"),
+                              error_path=os.path.join(workdir, "error.txt"), scratch=os.path.join(workdir, "scratch"))
     with open(job_path, "wb") as f:
         cloudpickle.dump(job, f)
     env = dict(os.environ, KERAS_BACKEND="jax")
     done = subprocess.run([sys.executable, "-m", "keras_spark.training_worker", job_path], env=env)
-    if done.returncode < 0 and not os.path.exists(job["error_path"]):
+    if done.returncode < 0 and not os.path.exists(job.error_path):
         # Killed (JAX aborts a rank whose peer died): let the peer's own error fail the stage first.
         time.sleep(_PEER_ERROR_GRACE_S)
     if done.returncode != 0:
         detail = ""
-        if os.path.exists(job["error_path"]):
-            with open(job["error_path"]) as f:
+        if os.path.exists(job.error_path):
+            with open(job.error_path) as f:
                 detail = f.read().strip()
         last = detail.splitlines()[-1] if detail else f"exit status {done.returncode}"
         raise TrainingError(f"{_WORKER_FAILED} {rank} failed: {last}\n{detail}")
-    with open(job["result_path"], "rb") as f:
+    with open(job.result_path, "rb") as f:
         return pickle.load(f)

@@ -15,7 +15,6 @@ import time
 import keras
 
 from keras_spark import binding
-from keras_spark.errors import BindingError
 from keras_spark.feed import BatchFeed, batches_per_pull, keras_input
 from keras_spark.progress import RowsTrained, with_callback
 from keras_spark.shutdown import terminate_cleanly
@@ -39,16 +38,16 @@ def _check_class_weight(model, sample_weight, class_weight) -> None:
     if class_weight is None:
         return
     if sample_weight is not None:
-        raise BindingError("pass sample_weight or class_weight, not both (as Keras does for NumPy data)")
+        raise ValueError("pass sample_weight or class_weight, not both (as Keras does for NumPy data)")
     if len(model.output_names) != 1:
-        raise BindingError(f"class_weight is only supported for models with a single output; this model has "
+        raise ValueError(f"class_weight is only supported for models with a single output; this model has "
                            f"{model.output_names}")
     class_weight_table(class_weight)
 
 
 def _reject(name: str, value, why: str) -> None:
     if value is not None and value is not False and not (isinstance(value, float) and value == 0.0):
-        raise BindingError(f"{name} is not supported with a Spark DataFrame: {why}")
+        raise ValueError(f"{name} is not supported with a Spark DataFrame: {why}")
 
 
 def batch_size_or_default(value, name: str = "batch_size") -> int:
@@ -101,8 +100,10 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     batch_size = batch_size_or_default(batch_size)
     if validation_batch_size is not None:
         validation_batch_size = batch_size_or_default(validation_batch_size, "validation_batch_size")
-    if not isinstance(num_workers, int) or num_workers < 1:
-        raise BindingError(f"num_workers must be a positive integer; got {num_workers!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int):
+        raise TypeError(f"num_workers must be a positive integer; got {num_workers!r}")
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be a positive integer; got {num_workers!r}")
     train_bindings = _bind(model, df, partition_col, with_labels=True, sample_weight=sample_weight)
     spark_validation = validation_data is not None and is_spark_dataframe(validation_data)
     val_bindings = _bind(model, validation_data, partition_col, True) if spark_validation else None
