@@ -20,8 +20,8 @@ import os
 import pickle
 import sys
 import sysconfig
-import tempfile
 
+from keras_spark import scratch
 from keras_spark.errors import ModelPackageError
 
 _FORMAT = "keras-spark model package 1"
@@ -29,7 +29,7 @@ _FORMAT = "keras-spark model package 1"
 
 def model_to_bytes(model) -> bytes:
     """The model as .keras bytes: architecture, weights, compile config and optimizer state."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch.scratch_dir("model_", guard=False) as tmp:  # owned: swept if this process dies
         path = os.path.join(tmp, "model.keras")
         model.save(path)
         with open(path, "rb") as f:
@@ -162,7 +162,7 @@ def model_from_bytes(model_bytes: bytes, custom_objects: dict | None = None, **l
 
     # No import of keras_spark.models here (that would be an import circle): packages hold
     # plain functional models (KerasSparkModel.save), which plain Keras loads.
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch.scratch_dir("model_", guard=False) as tmp:  # owned: swept if this process dies
         path = os.path.join(tmp, "model.keras")
         with open(path, "wb") as f:
             f.write(model_bytes)

@@ -123,9 +123,9 @@ def make_dir(kind: str = "", parent: str | None = None, *, guard: bool = True) -
 
 
 @contextlib.contextmanager
-def scratch_dir(kind: str = "", parent: str | None = None) -> Iterator[str]:
-    """`make_dir` for the length of a `with` block."""
-    path = make_dir(kind, parent)
+def scratch_dir(kind: str = "", parent: str | None = None, *, guard: bool = True) -> Iterator[str]:
+    """`make_dir` for the length of a `with` block (`guard=False` for brief ones: a later sweep suffices)."""
+    path = make_dir(kind, parent, guard=guard)
     try:
         yield path
     finally:

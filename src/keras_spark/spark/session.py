@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass
+
+from keras_spark import scratch
 
 
 def is_connect(spark) -> bool:
@@ -93,7 +94,7 @@ def ship_bytes(spark, payload: bytes) -> ShippedBytes:
     key = (spark.session_id, name)
     if key not in _uploaded:
         global upload_count
-        with tempfile.TemporaryDirectory(prefix="keras_spark_upload_") as tmp:
+        with scratch.scratch_dir("upload_", guard=False) as tmp:  # owned: swept if this process dies
             path = os.path.join(tmp, name)
             with open(path, "wb") as f:
                 f.write(payload)
