@@ -54,3 +54,21 @@ only_in_the_jax_pass = pytest.mark.skipif(
     reason="num_workers scenarios run in JAX subprocesses whatever this process's backend; "
            "they run once, in the suite's KERAS_BACKEND=jax pass",
 )
+
+
+def run_scenarios(script: str, env: dict, timeout: int) -> dict:
+    """Run tests/<script> in its own process; its `RESULT {json}` lines by their "name"."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name(script))], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    results = {}
+    for line in done.stdout.splitlines():
+        if "RESULT " in line:
+            result = json.loads(line.split("RESULT ", 1)[1])
+            results[result["name"]] = result
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return results

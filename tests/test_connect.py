@@ -5,16 +5,13 @@ has a private /tmp (tests/connect_server.py): the client's temporary cache direc
 does not exist for its executors, as on a remote cluster.
 """
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import numeric_frame, only_in_the_jax_pass, regression_model, to_numpy
+from builders import numeric_frame, only_in_the_jax_pass, regression_model, run_scenarios, to_numpy
 
 from keras_spark.spark import session
 from keras_spark.spark.extract import CLIENT_WROTE, EXECUTORS_WROTE
@@ -87,15 +84,7 @@ def distributed_scenarios(spark, request):
         pytest.skip(only_in_the_jax_pass.kwargs["reason"])
     env = dict(os.environ, KERAS_BACKEND="jax", KERAS_SPARK_CONNECT_URL=connect_server.url)
     env.pop("SPARK_CONNECT_MODE_ENABLED", None)
-    script = Path(__file__).with_name("connect_distributed_run.py")
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
-    results = {}
-    for line in done.stdout.splitlines():
-        if "RESULT " in line:
-            result = json.loads(line.split("RESULT ", 1)[1])
-            results[result["name"]] = result
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return results
+    return run_scenarios("connect_distributed_run.py", env, timeout=900)
 
 
 def test_two_workers_train_with_validation_through_connect(distributed_scenarios):

@@ -4,15 +4,11 @@ The training scenarios run under JAX in one subprocess (distributed_run.py; the
 backend is fixed per process); the routing and refusal checks run here.
 """
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import numeric_frame, only_in_the_jax_pass, regression_model
+from builders import numeric_frame, only_in_the_jax_pass, regression_model, run_scenarios
 from pyspark.sql import functions as F
 
 from keras_spark.feed import lockstep_weights
@@ -23,16 +19,7 @@ from keras_spark.spark.distributed import assign_partitions, routing_keys, spark
 def scenarios():
     if os.environ.get("KERAS_BACKEND") != "jax":
         pytest.skip(only_in_the_jax_pass.kwargs["reason"])
-    env = dict(os.environ, KERAS_BACKEND="jax")
-    script = Path(__file__).with_name("distributed_run.py")
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=1200)
-    results = {}
-    for line in done.stdout.splitlines():
-        if "RESULT " in line:
-            result = json.loads(line.split("RESULT ", 1)[1])
-            results[result["name"]] = result
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return results
+    return run_scenarios("distributed_run.py", dict(os.environ, KERAS_BACKEND="jax"), timeout=1200)
 
 
 def test_two_workers_end_with_the_weights_of_one(scenarios):
