@@ -240,14 +240,15 @@ def _tf_dataset(feed: BatchFeed, endless: bool = False):
             lambda i: tf.nest.map_structure(lambda t: t[i * size:(i + 1) * size], pulled)
         )
 
-    if endless:  # a user's own steps_per_epoch: steps run on across passes, as with dataset.repeat()
-        return tf.data.Dataset.from_generator(lambda: iter(feed), output_signature=feed.signature()).flat_map(
-            split).prefetch(2 * feed.batches_per_pull)
     # Finite, one epoch an iteration, each from its own reader: Keras starts a new iterator
     # each epoch (the cardinality is known), and whoever else iterates it (MLflow's autolog
     # hashes every element before fit) gets a whole pass of its own instead of spinning forever.
-    dataset = tf.data.Dataset.from_generator(feed.one_epoch, output_signature=feed.signature())
+    # With a user's own steps_per_epoch, steps run on across passes (as with dataset.repeat()).
+    source = (lambda: iter(feed)) if endless else feed.one_epoch
+    dataset = tf.data.Dataset.from_generator(source, output_signature=feed.signature())
     dataset = dataset.flat_map(split).prefetch(2 * feed.batches_per_pull)
+    if endless:
+        return dataset
     return dataset.apply(tf.data.experimental.assert_cardinality(feed.steps_per_epoch))
 
 
