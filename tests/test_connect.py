@@ -50,8 +50,11 @@ def test_predict_equals_keras_and_ships_the_model_once_per_session(isolated_conn
 
 
 def test_a_cache_dir_both_sides_see_is_written_by_the_executors(spark):
-    # Outside /tmp, which is the one directory an isolated server does not share.
-    shared = tempfile.mkdtemp(prefix="keras_spark_shared_", dir=Path(__file__).resolve().parent.parent)
+    # Outside /tmp, the one directory an isolated server does not share: the checkout, or the
+    # home directory where the checkout itself lives under /tmp.
+    checkout = Path(__file__).resolve().parent.parent
+    under_tmp = checkout.is_relative_to(Path(tempfile.gettempdir()).resolve())
+    shared = tempfile.mkdtemp(prefix="keras_spark_shared_", dir=Path.home() if under_tmp else checkout)
     try:
         model = regression_model()
         model.fit(numeric_frame(spark, 500, 2), batch_size=50, epochs=1, verbose=0, cache_dir=shared)
