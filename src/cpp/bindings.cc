@@ -14,6 +14,7 @@
 #include "cache_writer.h"
 #include "columns.h"
 #include "pipeline.h"
+#include "ragged_column.h"
 
 namespace nb = nanobind;
 using namespace keras_spark;
@@ -89,12 +90,68 @@ nb::tuple to_dense(nb::capsule schema_capsule, nb::capsule array_capsule, const 
   return nb::make_tuple(owned_array(out, array.length, target.shape, target.dtype), target.shape);
 }
 
+using RaggedWrite = std::tuple<int, bool, int64_t>;  // (column, strings, max_length or -1)
+// (column, strings, padded length or -1, padding 'pre', truncating 'pre', padding value)
+using RaggedPad = std::tuple<int, bool, int64_t, bool, bool, double>;
+
+PadSpec pad_spec_of(const RaggedPad& spec, DType dtype, const std::vector<int64_t>& shape) {
+  const auto& [column, strings, length, pad_pre, truncate_pre, value] = spec;
+  (void)column;
+  PadSpec pad;
+  pad.strings = strings;
+  pad.length = length;
+  pad.pad_pre = pad_pre;
+  pad.truncate_pre = truncate_pre;
+  int64_t step_elements = 1;
+  for (size_t d = 1; !strings && d < shape.size(); ++d) step_elements *= shape[d];
+  pad.pad_step = strings ? std::vector<uint8_t>{0} : pad_step_of(value, dtype, step_elements);
+  pad.step_bytes = strings ? 1 : static_cast<size_t>(step_elements) * dtype_size(dtype);
+  return pad;
+}
+
+// One ragged Arrow column padded to a dense (rows, length, ...) array, and each row's own length.
+nb::tuple to_padded(nb::capsule schema_capsule, nb::capsule array_capsule, const std::string& name,
+                    const std::string& dtype, const std::vector<int64_t>& shape, const RaggedPad& spec,
+                    bool truncate) {
+  const ArrowSchema& schema = from_capsule<ArrowSchema>(schema_capsule, "arrow_schema");
+  const ArrowArray& array = from_capsule<ArrowArray>(array_capsule, "arrow_array");
+  ColumnTarget target = target_of(name, dtype, shape, true);
+  const bool strings = std::get<1>(spec);
+  const int64_t length = std::get<2>(spec);
+  PaddedBatch padded;
+  uint8_t* lengths = nullptr;
+  {
+    nb::gil_scoped_release release;
+    RaggedRows rows;
+    convert_ragged(schema, array, 0, array.length, target, {strings, truncate || length < 0 ? -1 : length}, rows);
+    for (int64_t& d : target.shape)
+      if (d < 0) d = 0;  // unknown per-step dims of an all-empty batch
+    const PadSpec pad = pad_spec_of(spec, target.dtype, target.shape);
+    std::vector<int64_t> offsets{0};
+    offsets.insert(offsets.end(), rows.ends.begin(), rows.ends.end());
+    const RaggedChunk chunk{rows.values.data(), rows.values.size(), offsets.data(), array.length};
+    std::vector<uint64_t> refs(static_cast<size_t>(array.length));
+    for (size_t i = 0; i < refs.size(); ++i) refs[i] = i;
+    padded = gather_padded(pad, {chunk}, refs.data(), refs.size(), 40);
+    lengths = static_cast<uint8_t*>(std::malloc(std::max<size_t>(64, refs.size() * sizeof(int64_t))));
+    if (!lengths) {
+      std::free(padded.data);
+      throw std::bad_alloc();
+    }
+    for (size_t i = 0; i < refs.size(); ++i) reinterpret_cast<int64_t*>(lengths)[i] = chunk.length(i);
+  }
+  std::vector<int64_t> row_shape{padded.length};
+  if (!strings) row_shape.insert(row_shape.end(), target.shape.begin() + 1, target.shape.end());
+  return nb::make_tuple(owned_array(padded.data, array.length, row_shape, strings ? DType::UInt8 : target.dtype),
+                        owned_array(lengths, array.length, {}, DType::Int64));
+}
+
 class PyCacheWriter {
  public:
   PyCacheWriter(const std::string& prefix, const std::vector<std::tuple<std::string, int, std::string,
                                                                         std::vector<int64_t>>>& columns,
-                int partition_field, bool allow_non_finite)
-      : writer_(prefix, make_columns(columns, allow_non_finite), partition_field) {}
+                int partition_field, bool allow_non_finite, const std::vector<RaggedWrite>& ragged)
+      : writer_(prefix, make_columns(columns, allow_non_finite, ragged), partition_field) {}
 
   void write(nb::capsule schema_capsule, nb::capsule array_capsule) {
     const ArrowSchema& schema = from_capsule<ArrowSchema>(schema_capsule, "arrow_schema");
@@ -121,10 +178,16 @@ class PyCacheWriter {
 
  private:
   static std::vector<CacheColumn> make_columns(
-      const std::vector<std::tuple<std::string, int, std::string, std::vector<int64_t>>>& columns, bool allow) {
+      const std::vector<std::tuple<std::string, int, std::string, std::vector<int64_t>>>& columns, bool allow,
+      const std::vector<RaggedWrite>& ragged) {
     std::vector<CacheColumn> out;
     for (const auto& [name, field, dtype, shape] : columns)
       out.push_back({target_of(name, dtype, shape, allow), field});
+    for (const auto& [column, strings, max_length] : ragged) {
+      CacheColumn& c = out.at(static_cast<size_t>(column));
+      c.ragged = true;
+      c.ragged_spec = {strings, max_length};
+    }
     return out;
   }
   CacheWriter writer_;
@@ -135,9 +198,11 @@ class PyPipeline {
   PyPipeline(const std::vector<std::vector<std::string>>& chunk_files,
              const std::vector<std::tuple<std::string, std::vector<int64_t>>>& columns,
              const std::vector<std::vector<std::tuple<int64_t, int64_t, int64_t>>>& partitions, int64_t batch_size,
-             bool shuffle, uint64_t seed, int cycle_length, int num_threads, int prefetch, int64_t first_epoch)
-      : pipeline_(chunk_files, layouts(columns), segments(partitions),
-                  PipelineOptions{batch_size, shuffle, seed, cycle_length, num_threads, prefetch, first_epoch}) {}
+             bool shuffle, uint64_t seed, int cycle_length, int num_threads, int prefetch, int64_t first_epoch,
+             const std::vector<RaggedPad>& ragged, int bucket_column, const std::vector<int64_t>& bucket_boundaries)
+      : pipeline_(chunk_files, layouts(columns, ragged), segments(partitions),
+                  PipelineOptions{batch_size, shuffle, seed, cycle_length, num_threads, prefetch, first_epoch,
+                                  bucket_column, bucket_boundaries}) {}
 
   nb::list next() {
     Batch batch;
@@ -150,6 +215,12 @@ class PyPipeline {
     for (size_t c = 0; c < columns.size(); ++c) {
       uint8_t* data = batch.buffers[c];
       batch.buffers[c] = nullptr;  // the NumPy array owns it from here
+      if (columns[c].pad) {  // ragged: this batch's padded length, then the per-step shape (strings: bytes)
+        std::vector<int64_t> shape{batch.lengths[c]};
+        if (!columns[c].pad->strings) shape.insert(shape.end(), columns[c].shape.begin() + 1, columns[c].shape.end());
+        out.append(owned_array(data, batch.rows, shape, columns[c].pad->strings ? DType::UInt8 : columns[c].dtype));
+        continue;
+      }
       out.append(owned_array(data, batch.rows, columns[c].shape, columns[c].dtype));
     }
     return out;
@@ -164,6 +235,8 @@ class PyPipeline {
     out["consumer_wait_s"] = s.consumer_wait_s;
     out["gather_s"] = s.gather_s;
     out["threads"] = s.threads;
+    out["real_steps"] = s.real_steps;
+    out["padded_steps"] = s.padded_steps;
     return out;
   }
 
@@ -175,9 +248,14 @@ class PyPipeline {
   Pipeline pipeline_;
 
  private:
-  static std::vector<ColumnLayout> layouts(const std::vector<std::tuple<std::string, std::vector<int64_t>>>& cols) {
+  static std::vector<ColumnLayout> layouts(const std::vector<std::tuple<std::string, std::vector<int64_t>>>& cols,
+                                          const std::vector<RaggedPad>& ragged) {
     std::vector<ColumnLayout> out;
-    for (const auto& [dtype, shape] : cols) out.push_back({parse_dtype(dtype), shape});
+    for (const auto& [dtype, shape] : cols) out.push_back({parse_dtype(dtype), shape, nullptr});
+    for (const RaggedPad& spec : ragged) {
+      ColumnLayout& c = out.at(static_cast<size_t>(std::get<0>(spec)));
+      c.pad = std::make_shared<const PadSpec>(pad_spec_of(spec, c.dtype, c.shape));
+    }
     return out;
   }
   static std::vector<std::vector<Segment>> segments(
@@ -203,12 +281,18 @@ NB_MODULE(_core, m) {
         "One Arrow column -> (dense NumPy array of shape (rows, *shape), resolved shape).\n\n"
         "NaN or infinite floats raise ColumnError unless allow_non_finite; so do integers the dtype cannot hold.");
 
+  m.def("to_padded", &to_padded, nb::arg("schema_capsule"), nb::arg("array_capsule"), nb::arg("name"),
+        nb::arg("dtype"), nb::arg("shape"), nb::arg("pad"), nb::kw_only(), nb::arg("truncate") = false,
+        "One ragged Arrow column (sequences or strings) -> (padded array, each row's length).\n\n"
+        "pad is (column, strings, length or -1, padding 'pre', truncating 'pre', padding value); a row longer than "
+        "a fixed length raises ColumnError unless truncate.");
+
   nb::class_<PyCacheWriter>(m, "CacheWriter")
       .def(nb::init<const std::string&,
                     const std::vector<std::tuple<std::string, int, std::string, std::vector<int64_t>>>&, int,
-                    bool>(),
+                    bool, const std::vector<RaggedWrite>&>(),
            nb::arg("path_prefix"), nb::arg("columns"), nb::arg("partition_column"), nb::kw_only(),
-           nb::arg("allow_non_finite") = false,
+           nb::arg("allow_non_finite") = false, nb::arg("ragged") = std::vector<RaggedWrite>{},
            "Writes the (name, field index, dtype, shape) columns of record batches to dense cache files.")
       .def("write", &PyCacheWriter::write, nb::arg("schema_capsule"), nb::arg("array_capsule"))
       .def("finish", &PyCacheWriter::finish);
@@ -217,10 +301,11 @@ NB_MODULE(_core, m) {
       .def(nb::init<const std::vector<std::vector<std::string>>&,
                     const std::vector<std::tuple<std::string, std::vector<int64_t>>>&,
                     const std::vector<std::vector<std::tuple<int64_t, int64_t, int64_t>>>&, int64_t, bool, uint64_t,
-                    int, int, int, int64_t>(),
+                    int, int, int, int64_t, const std::vector<RaggedPad>&, int, const std::vector<int64_t>&>(),
            nb::arg("chunk_files"), nb::arg("columns"), nb::arg("partitions"), nb::kw_only(), nb::arg("batch_size"),
            nb::arg("shuffle"), nb::arg("seed"), nb::arg("cycle_length"), nb::arg("num_threads"),
-           nb::arg("prefetch"), nb::arg("first_epoch") = 0,
+           nb::arg("prefetch"), nb::arg("first_epoch") = 0, nb::arg("ragged") = std::vector<RaggedPad>{},
+           nb::arg("bucket_column") = -1, nb::arg("bucket_boundaries") = std::vector<int64_t>{},
            "Endless shuffled, interleaved batches of the cached columns, gathered on background threads.")
       .def("next", &PyPipeline::next)
       .def("stats", &PyPipeline::stats)

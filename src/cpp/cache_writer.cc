@@ -15,6 +15,7 @@ CacheWriter::CacheWriter(std::string path_prefix, std::vector<CacheColumn> colum
     }
     std::setvbuf(f, nullptr, _IOFBF, 1 << 20);
     files_.push_back(f);
+    offsets_.emplace_back(columns_[i].ragged ? new RaggedOffsetsWriter(offsets_path(paths_.back())) : nullptr);
   }
 }
 
@@ -84,11 +85,17 @@ void CacheWriter::write(const ArrowSchema& schema, const ArrowArray& batch) {
   for (size_t c = 0; c < columns_.size(); ++c) {
     CacheColumn& col = columns_[c];
     try {
-      const ArrowView view(*schema.children[col.field_index], *batch.children[col.field_index], batch.offset, n,
-                           col.target.name);
-      resolve_shape(view, 0, col.target);
-      buffer_.resize(col.target.bytes_for(n));
-      convert_rows(view, 0, n, col.target, buffer_.data());
+      if (col.ragged) {
+        convert_ragged(*schema.children[col.field_index], *batch.children[col.field_index], batch.offset, n,
+                       col.target, col.ragged_spec, ragged_rows_);
+        buffer_.swap(ragged_rows_.values);
+      } else {
+        const ArrowView view(*schema.children[col.field_index], *batch.children[col.field_index], batch.offset, n,
+                             col.target.name);
+        resolve_shape(view, 0, col.target);
+        buffer_.resize(col.target.bytes_for(n));
+        convert_rows(view, 0, n, col.target, buffer_.data());
+      }
     } catch (const ColumnError& e) {
       if (e.row < 0) throw;
       // Where the row is, right after the row: "at row 7 of a batch, in partition id 3; ..."
@@ -101,6 +108,7 @@ void CacheWriter::write(const ArrowSchema& schema, const ArrowArray& batch) {
     }
     if (!buffer_.empty() && std::fwrite(buffer_.data(), 1, buffer_.size(), files_[c]) != buffer_.size())
       throw std::runtime_error("cannot write cache file " + paths_[c] + " (disk full?)");
+    if (offsets_[c]) offsets_[c]->append(ragged_rows_.ends);
   }
   note_runs(ids);
   summary_.rows += n;
@@ -111,6 +119,8 @@ CacheSummary CacheWriter::finish() {
     for (size_t c = 0; c < files_.size(); ++c)
       if (std::fflush(files_[c]) != 0) throw std::runtime_error("cannot write cache file " + paths_[c]);
     close_files();
+    for (auto& offsets : offsets_)
+      if (offsets) offsets->finish();
     finished_ = true;
     summary_.files = paths_;
     for (const CacheColumn& col : columns_) summary_.shapes.push_back(col.target.shape);

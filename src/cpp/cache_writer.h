@@ -4,16 +4,20 @@
 #pragma once
 
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "columns.h"
+#include "ragged_column.h"
 
 namespace keras_spark {
 
 struct CacheColumn {
   ColumnTarget target;
   int field_index;  // position of the column in the record batch
+  bool ragged = false;  // values + offsets files (ragged_column.h), not a dense file
+  RaggedSpec ragged_spec;
 };
 
 struct PartitionRun {
@@ -51,6 +55,8 @@ class CacheWriter {
   std::vector<std::string> paths_;
   std::vector<std::FILE*> files_;
   std::vector<uint8_t> buffer_;
+  std::vector<std::unique_ptr<RaggedOffsetsWriter>> offsets_;  // per column; null for dense ones
+  RaggedRows ragged_rows_;
   CacheSummary summary_;
   bool finished_ = false;
 };

@@ -44,12 +44,19 @@ size_t ColumnLayout::row_bytes() const {
   return static_cast<size_t>(n);
 }
 
-Batch::Batch(Batch&& other) noexcept : buffers(std::move(other.buffers)), rows(other.rows) { other.buffers.clear(); }
+Batch::Batch(Batch&& other) noexcept
+    : buffers(std::move(other.buffers)), rows(other.rows), lengths(std::move(other.lengths)),
+      real_steps(other.real_steps), padded_steps(other.padded_steps) {
+  other.buffers.clear();
+}
 Batch& Batch::operator=(Batch&& other) noexcept {
   for (uint8_t* b : buffers) std::free(b);
   buffers = std::move(other.buffers);
   other.buffers.clear();
   rows = other.rows;
+  lengths = std::move(other.lengths);
+  real_steps = other.real_steps;
+  padded_steps = other.padded_steps;
   return *this;
 }
 Batch::~Batch() {
@@ -152,13 +159,53 @@ bool BatchPlanner::open_next(Slot& slot) {
   return false;
 }
 
+void BatchPlanner::bucket_by(std::function<int64_t(uint64_t)> length, std::vector<int64_t> boundaries) {
+  length_ = std::move(length);
+  boundaries_ = std::move(boundaries);
+  std::sort(boundaries_.begin(), boundaries_.end());
+  staged_.assign(boundaries_.size() + 1, {});
+  std::vector<int64_t> counts(staged_.size(), 0);
+  for (const auto& p : partitions_)
+    for (const Segment& s : p)
+      for (int64_t r = 0; r < s.count; ++r)
+        ++counts[bucket_of((static_cast<uint64_t>(s.chunk) << kRowBits) | static_cast<uint64_t>(s.start + r))];
+  bucketed_steps_ = 0;
+  for (int64_t c : counts) bucketed_steps_ += (c + options_.batch_size - 1) / options_.batch_size;
+}
+
+size_t BatchPlanner::bucket_of(uint64_t row) const {
+  const int64_t length = length_(row);
+  return static_cast<size_t>(std::upper_bound(boundaries_.begin(), boundaries_.end(), length) - boundaries_.begin());
+}
+
+int64_t BatchPlanner::steps_per_epoch() const {
+  if (length_) return bucketed_steps_;
+  return (total_rows_ + options_.batch_size - 1) / options_.batch_size;
+}
+
 void BatchPlanner::next(std::vector<uint64_t>& rows) {
   rows.clear();
-  if (served_in_epoch_ == total_rows_) {
+  const bool staged = std::any_of(staged_.begin(), staged_.end(), [](const auto& b) { return !b.empty(); });
+  if (served_in_epoch_ == total_rows_ && !staged) {
     ++epoch_;
     start_epoch();
   }
-  while (static_cast<int64_t>(rows.size()) < options_.batch_size && !slots_.empty()) {
+  if (length_) {
+    while (served_in_epoch_ < total_rows_) {
+      const uint64_t row = take_one();
+      auto& bucket = staged_[bucket_of(row)];
+      bucket.push_back(row);
+      if (static_cast<int64_t>(bucket.size()) == options_.batch_size) return rows.swap(bucket);
+    }
+    for (auto& bucket : staged_)  // the epoch's last rows: each part-filled bucket is a batch
+      if (!bucket.empty()) return rows.swap(bucket);
+    return;
+  }
+  while (static_cast<int64_t>(rows.size()) < options_.batch_size && !slots_.empty()) rows.push_back(take_one());
+}
+
+uint64_t BatchPlanner::take_one() {
+  {
     size_t pick;
     if (options_.shuffle) {
       uint64_t r = draw(open_rows_);
@@ -168,7 +215,7 @@ void BatchPlanner::next(std::vector<uint64_t>& rows) {
       cursor_ = cursor_ + 1;
     }
     Slot& slot = slots_[pick];
-    rows.push_back(slot.rows[slot.position++]);
+    const uint64_t row = slot.rows[slot.position++];
     ++served_in_epoch_;
     --open_rows_;
     if (slot.remaining() == 0) finished_.push_back(slot.partition);
@@ -177,6 +224,7 @@ void BatchPlanner::next(std::vector<uint64_t>& rows) {
       if (!options_.shuffle && cursor_ > pick) --cursor_;
     }
     if (!slots_.empty() && cursor_ >= slots_.size()) cursor_ = 0;
+    return row;
   }
 }
 
@@ -199,12 +247,41 @@ Pipeline::Pipeline(const std::vector<std::vector<std::string>>& chunk_files, std
     for (const std::string& path : files) mapped.push_back(std::make_unique<MappedFile>(path));
     files_.push_back(std::move(mapped));
   }
+  map_ragged(chunk_files);
   check_segments(planner_.partition_count());
-  steps_per_epoch_ = (planner_.total_rows() + options_.batch_size - 1) / options_.batch_size;
+  const int b = options_.bucket_column;
+  if (b >= 0) {
+    if (static_cast<size_t>(b) >= columns_.size() || !columns_[b].pad)
+      throw std::invalid_argument("bucket_column must name a ragged column");
+    planner_.bucket_by([this, b](uint64_t row) { return ragged_[b][row >> kRowBits].length(row & kRowMask); },
+                       options_.bucket_boundaries);
+  }
+  steps_per_epoch_ = planner_.steps_per_epoch();
   const int threads = options_.num_threads < 1 ? 1 : options_.num_threads;
   if (options_.prefetch < threads) options_.prefetch = threads;
   stats_.threads = threads;
   for (int i = 0; i < threads; ++i) workers_.emplace_back(&Pipeline::work, this);
+}
+
+void Pipeline::map_ragged(const std::vector<std::vector<std::string>>& chunk_files) {
+  ragged_.assign(columns_.size(), {});
+  for (size_t k = 0; k < chunk_files.size(); ++k) {
+    std::vector<std::unique_ptr<MappedFile>> mapped(columns_.size());
+    for (size_t c = 0; c < columns_.size(); ++c) {
+      if (!columns_[c].pad) continue;
+      mapped[c] = std::make_unique<MappedFile>(offsets_path(chunk_files[k][c]));
+      const MappedFile& offsets = *mapped[c];
+      if (offsets.size() < sizeof(int64_t) || offsets.size() % sizeof(int64_t) != 0)
+        throw std::invalid_argument("ragged offsets file of column " + std::to_string(c) + " of chunk " +
+                                    std::to_string(k) + " is not a whole number of offsets");
+      RaggedChunk chunk{files_[k][c]->data(), files_[k][c]->size(), reinterpret_cast<const int64_t*>(offsets.data()),
+                        static_cast<int64_t>(offsets.size() / sizeof(int64_t)) - 1};
+      check_ragged_chunk(chunk, columns_[c].pad->step_bytes,
+                         "cache file " + std::to_string(c) + " of chunk " + std::to_string(k));
+      ragged_[c].push_back(chunk);
+    }
+    offsets_files_.push_back(std::move(mapped));
+  }
 }
 
 void Pipeline::check_segments(size_t partitions) const {
@@ -218,6 +295,12 @@ void Pipeline::check_segments(size_t partitions) const {
       if (s.start < 0 || s.count < 0 || s.start + s.count > (int64_t{1} << kRowBits))
         throw std::invalid_argument("partition " + std::to_string(p) + " has rows outside 0..2**40");
       for (size_t c = 0; c < columns_.size(); ++c) {
+        if (columns_[c].pad) {
+          if (s.start + s.count > ragged_[c][s.chunk].rows)
+            throw std::invalid_argument("partition " + std::to_string(p) + " has rows past the end of the offsets "
+                                        "of cache file " + std::to_string(c) + " of chunk " + std::to_string(s.chunk));
+          continue;
+        }
         const size_t rb = columns_[c].row_bytes();
         if (rb > 0 && static_cast<size_t>(s.start + s.count) > files_[s.chunk][c]->size() / rb)
           throw std::invalid_argument("partition " + std::to_string(p) + " has rows past the end of cache file " +
@@ -259,7 +342,16 @@ Batch Pipeline::gather(const std::vector<uint64_t>& rows) {
   Batch batch;
   batch.rows = static_cast<int64_t>(rows.size());
   batch.buffers.reserve(columns_.size());
+  batch.lengths.assign(columns_.size(), -1);
   for (size_t c = 0; c < columns_.size(); ++c) {
+    if (columns_[c].pad) {
+      const PaddedBatch padded = gather_padded(*columns_[c].pad, ragged_[c], rows.data(), rows.size(), kRowBits);
+      batch.buffers.push_back(padded.data);
+      batch.lengths[c] = padded.length;
+      batch.real_steps += padded.real_steps;
+      batch.padded_steps += padded.length * static_cast<int64_t>(rows.size());
+      continue;
+    }
     const size_t rb = columns_[c].row_bytes();
     uint8_t* out = allocate(rb * rows.size());
     batch.buffers.push_back(out);
@@ -306,6 +398,14 @@ void Pipeline::release(const std::vector<size_t>& partitions) const {
   for (size_t p : partitions)
     for (const Segment& s : planner_.segments(p))
       for (size_t c = 0; c < columns_.size(); ++c) {
+        if (columns_[c].pad) {
+          const RaggedChunk& chunk = ragged_[c][s.chunk];
+          const int64_t begin = chunk.offsets[s.start], end = chunk.offsets[s.start + s.count];
+          const size_t step = columns_[c].pad->step_bytes;
+          files_[s.chunk][c]->release(static_cast<size_t>(begin) * step, static_cast<size_t>(end - begin) * step);
+          offsets_files_[s.chunk][c]->release(static_cast<size_t>(s.start) * 8, static_cast<size_t>(s.count) * 8);
+          continue;
+        }
         const size_t rb = columns_[c].row_bytes();
         files_[s.chunk][c]->release(static_cast<size_t>(s.start) * rb, static_cast<size_t>(s.count) * rb);
       }
@@ -373,7 +473,11 @@ Batch Pipeline::next() {
   stats_.consumer_wait_s += seconds_since(start);
   stats_.rows += batch.rows;
   stats_.batches += 1;
-  for (const ColumnLayout& c : columns_) stats_.bytes += static_cast<int64_t>(c.row_bytes()) * batch.rows;
+  for (size_t c = 0; c < columns_.size(); ++c)
+    stats_.bytes += columns_[c].pad ? batch.lengths[c] * static_cast<int64_t>(columns_[c].pad->step_bytes) * batch.rows
+                                    : static_cast<int64_t>(columns_[c].row_bytes()) * batch.rows;
+  stats_.real_steps += batch.real_steps;
+  stats_.padded_steps += batch.padded_steps;
   lock.unlock();
   space_cv_.notify_all();
   if (!done.empty()) release(done);

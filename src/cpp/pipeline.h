@@ -12,6 +12,7 @@
 #include <deque>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "columns.h"
+#include "ragged_column.h"
 
 namespace keras_spark {
 
@@ -32,6 +34,7 @@ struct Segment {
 struct ColumnLayout {
   DType dtype;
   std::vector<int64_t> shape;  // resolved per-row shape
+  std::shared_ptr<const PadSpec> pad;  // a ragged column (values + offsets files), padded per batch
   size_t row_bytes() const;
 };
 
@@ -43,12 +46,16 @@ struct PipelineOptions {
   int num_threads = 1;
   int prefetch = 4;
   int64_t first_epoch = 0;
+  int bucket_column = -1;  // a ragged column whose row lengths group rows into buckets
+  std::vector<int64_t> bucket_boundaries;
 };
 
 // A batch: one buffer per column (the caller takes ownership of each), `rows` rows each.
 struct Batch {
   std::vector<uint8_t*> buffers;
   int64_t rows = 0;
+  std::vector<int64_t> lengths;  // per column: a ragged column's padded length, else -1
+  int64_t real_steps = 0, padded_steps = 0;  // ragged columns' steps holding values / in all
   Batch() = default;
   Batch(Batch&& other) noexcept;
   Batch& operator=(Batch&& other) noexcept;
@@ -59,6 +66,7 @@ struct PipelineStats {
   int64_t rows = 0, bytes = 0, batches = 0;
   double consumer_wait_s = 0, gather_s = 0;
   int threads = 0;
+  int64_t real_steps = 0, padded_steps = 0;
 };
 
 class MappedFile {
@@ -85,6 +93,11 @@ class BatchPlanner {
   // Row references (chunk << 40 | row) of the next batch; a batch never spans two epochs.
   void next(std::vector<uint64_t>& rows);
   int64_t total_rows() const { return total_rows_; }
+  // Rows of similar length batched together (bucket i: lengths below boundaries[i]; the last bucket the
+  // rest), as tf.data's bucket_by_sequence_length: a bucket's batch is cut when it fills, and the
+  // part-filled ones at the end of the epoch, so every row is still served once an epoch.
+  void bucket_by(std::function<int64_t(uint64_t)> length, std::vector<int64_t> boundaries);
+  int64_t steps_per_epoch() const;
   // Partitions whose rows have all been planned since the last call (their pages can go).
   std::vector<size_t> take_finished();
   const std::vector<Segment>& segments(size_t partition) const { return partitions_.at(partition); }
@@ -99,6 +112,8 @@ class BatchPlanner {
   };
   void start_epoch();
   bool open_next(Slot& slot);
+  uint64_t take_one();
+  size_t bucket_of(uint64_t row) const;
   uint64_t draw(uint64_t bound);
 
   std::vector<std::vector<Segment>> partitions_;
@@ -113,6 +128,10 @@ class BatchPlanner {
   uint64_t rng_state_ = 0;
   std::vector<size_t> finished_;
   uint64_t open_rows_ = 0;  // rows not yet planned in the open slots
+  std::function<int64_t(uint64_t)> length_;  // bucketing: a row's length
+  std::vector<int64_t> boundaries_;
+  std::vector<std::vector<uint64_t>> staged_;  // bucketing: rows drawn, waiting for their bucket to fill
+  int64_t bucketed_steps_ = 0;
 };
 
 class Pipeline {
@@ -141,6 +160,9 @@ class Pipeline {
 
   std::vector<ColumnLayout> columns_;
   std::vector<std::vector<std::unique_ptr<MappedFile>>> files_;  // [chunk][column]
+  std::vector<std::vector<std::unique_ptr<MappedFile>>> offsets_files_;  // [chunk][column]; ragged columns only
+  std::vector<std::vector<RaggedChunk>> ragged_;  // [column][chunk]; ragged columns only
+  void map_ragged(const std::vector<std::vector<std::string>>& chunk_files);
   BatchPlanner planner_;
   PipelineOptions options_;
   int64_t steps_per_epoch_;

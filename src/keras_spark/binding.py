@@ -38,9 +38,15 @@ class ColumnBinding:
     dtype: str
     shape: tuple[int, ...]
     spark_type: str
+    kind: str = "dense"  # or "sequence" / "string": a ragged column (sequences.py)
+    sequence: object = None  # sequences.SequenceOptions of a ragged column
 
     def core_spec(self, field_index: int) -> tuple[str, int, str, list[int]]:
         """The (name, field index, dtype, shape) tuple the C++ core takes."""
+        if self.kind != "dense":
+            from keras_spark import sequences
+
+            return sequences.core_spec(self, field_index)
         return (self.column, field_index, self.dtype, list(self.shape))
 
 
@@ -61,7 +67,9 @@ def column_depth(data_type: T.DataType, column: str) -> tuple[int, T.DataType]:
         depth, leaf = depth + 1, leaf.elementType
     if isinstance(leaf, _NUMERIC_TYPES):
         return depth, leaf
-    hint = " (cast it to double first)" if isinstance(leaf, T.DecimalType) else ""
+    from keras_spark.sequences import string_column_hint
+
+    hint = " (cast it to double first)" if isinstance(leaf, T.DecimalType) else string_column_hint(leaf)
     raise BindingError(
         f"column '{column}' has type {describe_type(data_type)}; expected a number, "
         f"an array of numbers (any depth) or a Spark ML vector{hint}"
@@ -106,6 +114,12 @@ def bind_inputs(model, schema: T.StructType) -> list[ColumnBinding]:
                 )
             _column_or_error(schema, name, f"Keras input '{name}'")
         field = schema[name]
+        from keras_spark import sequences
+
+        ragged = sequences.bind_input(tensor, field)
+        if ragged is not None:
+            bindings.append(ragged)
+            continue
         depth, _ = column_depth(field.dataType, name)
         shape = _input_shape(tensor.shape)
         _check_depth(name, field.dataType, depth, shape, name)
@@ -129,10 +143,16 @@ def label_dtype(leaf: T.DataType, floatx: str) -> str:
 
 def bind_labels(model, schema: T.StructType, floatx: str = "float32") -> list[ColumnBinding]:
     """Bind every Keras output to the label column named like the output."""
+    from keras_spark import sequences
+
     bindings = []
-    for name in model.output_names:
+    for name, output in zip(model.output_names, model.outputs, strict=True):
         field = _column_or_error(schema, name, f"Keras output '{name}' (its label)")
         depth, leaf = column_depth(field.dataType, name)
+        ragged = sequences.bind_label(output, field, label_dtype(leaf, floatx))
+        if ragged is not None:
+            bindings.append(ragged)
+            continue
         bindings.append(
             ColumnBinding(name, "label", name, label_dtype(leaf, floatx), (-1,) * depth, describe_type(field.dataType))
         )

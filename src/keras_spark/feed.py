@@ -22,7 +22,7 @@ import threading
 import keras
 import numpy as np
 
-from keras_spark import _core
+from keras_spark import _core, sequences
 from keras_spark.shutdown import NativeHandle
 from keras_spark.spark.extract import CachedData
 from keras_spark.weights import class_weight_table, class_weights_of
@@ -111,6 +111,7 @@ class BatchFeed:
             cached.chunk_files, cached.column_specs(), cached.partitions,
             batch_size=self.batch_size * self.batches_per_pull, shuffle=shuffle, seed=seed, cycle_length=cycle,
             num_threads=threads, prefetch=prefetch, first_epoch=int(first_epoch),
+            **sequences.pipeline_options(cached, self.batch_size * self.batches_per_pull),
         )
         # Closed with this feed or at exit, even when the fit using it never returns.
         return NativeHandle(self, pipeline)
@@ -133,7 +134,7 @@ class BatchFeed:
 
     def _next(self, reader: NativeHandle):
         try:
-            return reader.get().next()
+            return sequences.finish_arrays(reader.get().next(), self._cached.bindings)
         except RuntimeError:
             self._check_open()  # closed beside us: say so plainly
             raise
@@ -190,7 +191,8 @@ class BatchFeed:
         """The structure of one pulled batch as `tf.TensorSpec`s (TensorFlow backend)."""
         import tensorflow as tf
 
-        specs = [tf.TensorSpec((None, *shape), tf.as_dtype(dtype)) for dtype, shape in self.columns]
+        specs = [sequences.tensor_spec(b, dtype, shape)
+                 for b, (dtype, shape) in zip(self._cached.bindings, self.columns, strict=True)]
         x_y = (self._inputs(specs),) if self._labels is None else (self._inputs(specs), self._labels(specs))
         if not self.weighted:
             return x_y

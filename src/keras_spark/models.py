@@ -108,7 +108,10 @@ class KerasSparkModel(keras.Model):
 
         if batch_size is not None:
             batch_size = batch_size_or_default(batch_size)
-        bindings = binding.bind_inputs(self, x.schema)
+        from keras_spark import sequences
+
+        options = sequences.SequenceOptions.pop_from(kwargs)
+        bindings = sequences.with_options(binding.bind_inputs(self, x.schema), options)
         objects = None if custom_objects is _UNSET else custom_objects
         return predict_dataframe(self, x, bindings, batch_size, custom_objects=objects)
 

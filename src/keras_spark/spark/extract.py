@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import functions as F
 
-from keras_spark import _core, scratch
+from keras_spark import _core, scratch, sequences
 from keras_spark.binding import ColumnBinding
 from keras_spark.errors import DataError
 from keras_spark.spark import session
@@ -56,7 +56,7 @@ class CachedData:
     path: str = EXECUTORS_WROTE  # how the rows reached the cache: EXECUTORS_WROTE, CLIENT_WROTE or both
 
     def column_specs(self) -> list[tuple[str, list[int]]]:
-        return [(b.dtype, list(s)) for b, s in zip(self.bindings, self.shapes, strict=True)]
+        return [sequences.core_column(b, s) for b, s in zip(self.bindings, self.shapes, strict=True)]
 
     def row_bytes(self) -> int:
         """Bytes of one row across all cached columns."""
@@ -69,7 +69,8 @@ class CachedData:
 
 def _write_rows(batches, prefix: str, columns, pid_index: int, allow_non_finite: bool = False) -> str:
     """Feed Arrow batches to one CacheWriter; the task's summary as JSON (errors are data)."""
-    writer = _core.CacheWriter(prefix, columns, pid_index, allow_non_finite=allow_non_finite)
+    columns, ragged = sequences.split_core_specs(columns)
+    writer = _core.CacheWriter(prefix, columns, pid_index, allow_non_finite=allow_non_finite, ragged=ragged)
     try:
         for batch in batches:
             writer.write(*batch.__arrow_c_array__())
@@ -251,6 +252,8 @@ def _assemble(directory: str, bindings: list[ColumnBinding], infos: list[dict]) 
 
 def _agree_on_shape(binding: ColumnBinding, seen: list[list[int]]) -> tuple[int, ...]:
     """Tasks resolve unknown dimensions separately; they must all have seen the same."""
+    if binding.kind != "dense":
+        return sequences.agree_on_shape(binding, seen)
     distinct = {tuple(s) for s in seen if -1 not in s}
     if len(distinct) > 1:
         found = " and ".join(str(s) for s in sorted(distinct))

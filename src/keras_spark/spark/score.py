@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import types as T
 
+from keras_spark import sequences
 from keras_spark.binding import ColumnBinding
 from keras_spark.spark.session import ship_bytes
 
@@ -111,17 +112,24 @@ def limit_threads(threads: int) -> None:
     os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}")
 
 
-def _dense_inputs(batch: pa.RecordBatch, bindings: list[ColumnBinding]) -> list[np.ndarray]:
+def _dense_inputs(batch: pa.RecordBatch, bindings: list[ColumnBinding]) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The model's input arrays, and each row's length in the first sequence input (None without one)."""
     from keras_spark import _core
 
-    arrays = []
+    arrays, row_lengths = [], None
     for b in bindings:
         column = batch.column(batch.schema.get_field_index(b.column))
+        if b.kind != "dense":  # padded; each row's own length kept for per-step outputs
+            padded, lengths = sequences.model_input(column, b)
+            arrays.append(padded)
+            if row_lengths is None and b.kind == sequences.SEQUENCE:
+                row_lengths = lengths
+            continue
         # A NaN input scores to a NaN output (not silent); only casts the dtype cannot hold are errors.
         dense, _ = _core.to_dense(*column.__arrow_c_array__(), b.column, b.dtype, list(b.shape),
                                   allow_non_finite=True)
         arrays.append(dense)
-    return arrays
+    return arrays, row_lengths
 
 
 def default_batch_rows(row_bytes: int) -> int:
@@ -136,10 +144,12 @@ def _score_batches(batches, *, model_id, package, backend, bindings, output_type
 
     model = _load_model(model_id, package, backend)
     names = [t for t, _ in output_types]
+    trims = [sequences.trims_output(t.shape[1:], bindings) for t in model.outputs]
+    padding = next((b.sequence.padding for b in bindings if b.kind == sequences.SEQUENCE), "post")
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        inputs = _dense_inputs(batch, bindings)
+        inputs, row_lengths = _dense_inputs(batch, bindings)
         step = batch_size or default_batch_rows(sum(a[:1].nbytes for a in inputs))
         chunks = []
         for start in range(0, batch.num_rows, step):
@@ -148,8 +158,9 @@ def _score_batches(batches, *, model_id, package, backend, bindings, output_type
             chunks.append(keras.tree.flatten(out))
         outputs = [np.concatenate([c[i] for c in chunks]) if len(chunks) > 1 else chunks[0][i]
                    for i in range(len(names))]
-        fields = [_to_arrow(np.asarray(o), spark_type)
-                  for o, (_, spark_type) in zip(outputs, output_types, strict=True)]
+        fields = [sequences.ragged_output(np.asarray(o), row_lengths, padding, _to_arrow, spark_type)
+                  if trim else _to_arrow(np.asarray(o), spark_type)
+                  for o, (_, spark_type), trim in zip(outputs, output_types, trims, strict=True)]
         struct = pa.StructArray.from_arrays(fields, names=names)
         yield pa.RecordBatch.from_arrays(batch.columns + [struct], names=batch.schema.names + [OUTPUT_COLUMN])
 

@@ -14,7 +14,7 @@ import time
 
 import keras
 
-from keras_spark import binding
+from keras_spark import binding, sequences
 from keras_spark.feed import BatchFeed, batches_per_pull, keras_input
 from keras_spark.progress import RowsTrained, with_callback
 from keras_spark.shutdown import terminate_cleanly
@@ -23,14 +23,14 @@ from keras_spark.spark.extract import extract
 from keras_spark.weights import bind_weight_column, check_weight_values, class_weight_table
 
 
-def _bind(model, df, partition_col: str, with_labels: bool, sample_weight=None):
+def _bind(model, df, partition_col: str, with_labels: bool, sample_weight=None, sequence_options=None):
     binding.check_partition_column(df.schema, partition_col)
     bound = binding.bind_inputs(model, df.schema)
     if with_labels:
         bound += binding.bind_labels(model, df.schema, keras.config.floatx())
     if sample_weight is not None:
         bound.append(bind_weight_column(df.schema, sample_weight, keras.config.floatx()))
-    return bound
+    return sequences.with_options(bound, sequence_options or sequences.DEFAULT_OPTIONS)
 
 
 def _check_class_weight(model, sample_weight, class_weight) -> None:
@@ -73,7 +73,8 @@ def _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite=Fals
 
 
 def _feed(model, cached, batch_size, **kwargs) -> BatchFeed:
-    pull = batches_per_pull(batch_size * cached.row_bytes())
+    # Ragged columns are padded per pull: one batch a pull keeps the padding (and buckets) per batch.
+    pull = 1 if sequences.has_ragged(cached.bindings) else batches_per_pull(batch_size * cached.row_bytes())
     return BatchFeed(model, cached, batch_size=batch_size, batches_per_pull=pull, **kwargs)
 
 
@@ -96,6 +97,7 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     """Model.fit on a DataFrame: labels are the columns named like the outputs, weights a column's name."""
     _reject("y", y, "labels are the columns named like the model's outputs")
     _check_class_weight(model, sample_weight, class_weight)
+    sequence_options = sequences.SequenceOptions.pop_from(keras_kwargs)
     _reject("validation_split", validation_split, "pass validation_data=<DataFrame> (e.g. from df.randomSplit)")
     batch_size = batch_size_or_default(batch_size)
     if validation_batch_size is not None:
@@ -104,9 +106,13 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
         raise TypeError(f"num_workers must be a positive integer; got {num_workers!r}")
     if num_workers < 1:
         raise ValueError(f"num_workers must be a positive integer; got {num_workers!r}")
-    train_bindings = _bind(model, df, partition_col, with_labels=True, sample_weight=sample_weight)
+    train_bindings = _bind(model, df, partition_col, with_labels=True, sample_weight=sample_weight,
+                           sequence_options=sequence_options)
     spark_validation = validation_data is not None and is_spark_dataframe(validation_data)
-    val_bindings = _bind(model, validation_data, partition_col, True) if spark_validation else None
+    val_bindings = (_bind(model, validation_data, partition_col, True, sequence_options=sequence_options)
+                    if spark_validation else None)
+    if num_workers > 1 and sequences.has_ragged(train_bindings):
+        raise NotImplementedError("keras-spark: sequence and string columns train with num_workers=1 for now")
     if num_workers > 1:
         from keras_spark.spark.distributed import fit_distributed
 
@@ -150,6 +156,7 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
         model.data_stats = dict(served, rows=trained.rows, rows_prefetched=served["rows"], steps=trained.steps,
                                 spark_pass_s=spark_pass_s, train_s=time.perf_counter() - started - spark_pass_s,
                                 cache_path=cached.path)
+        model.data_stats.update(sequences.padding_stats(cached, feed.batch_size, served))
         if spark_validation:
             model.data_stats["validation_cache_path"] = val_cached.path
     if verbose not in (0, "silent"):
@@ -161,7 +168,8 @@ def evaluate_dataframe(model, df, *, y=None, batch_size=None, super_evaluate, pa
                        cache_dir=None, sample_weight=None, steps=None, allow_non_finite=False, **keras_kwargs):
     """Model.evaluate on a DataFrame, in row order, on the driver; `sample_weight` names a weight column."""
     _reject("y", y, "labels are the columns named like the model's outputs")
-    bindings = _bind(model, df, partition_col, with_labels=True, sample_weight=sample_weight)
+    bindings = _bind(model, df, partition_col, with_labels=True, sample_weight=sample_weight,
+                     sequence_options=sequences.SequenceOptions.pop_from(keras_kwargs))
     with terminate_cleanly(), _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite) as cached:
         feed = _feed(model, cached, batch_size_or_default(batch_size), shuffle=False, seed=0, num_parallel_calls=1)
         try:
