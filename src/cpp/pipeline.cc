@@ -205,27 +205,25 @@ void BatchPlanner::next(std::vector<uint64_t>& rows) {
 }
 
 uint64_t BatchPlanner::take_one() {
-  {
-    size_t pick;
-    if (options_.shuffle) {
-      uint64_t r = draw(open_rows_);
-      for (pick = 0; r >= slots_[pick].remaining(); ++pick) r -= slots_[pick].remaining();
-    } else {
-      pick = cursor_;
-      cursor_ = cursor_ + 1;
-    }
-    Slot& slot = slots_[pick];
-    const uint64_t row = slot.rows[slot.position++];
-    ++served_in_epoch_;
-    --open_rows_;
-    if (slot.remaining() == 0) finished_.push_back(slot.partition);
-    if (slot.remaining() == 0 && !open_next(slot)) {
-      slots_.erase(slots_.begin() + static_cast<std::ptrdiff_t>(pick));
-      if (!options_.shuffle && cursor_ > pick) --cursor_;
-    }
-    if (!slots_.empty() && cursor_ >= slots_.size()) cursor_ = 0;
-    return row;
+  size_t pick;
+  if (options_.shuffle) {
+    uint64_t r = draw(open_rows_);
+    for (pick = 0; r >= slots_[pick].remaining(); ++pick) r -= slots_[pick].remaining();
+  } else {
+    pick = cursor_;
+    cursor_ = cursor_ + 1;
   }
+  Slot& slot = slots_[pick];
+  const uint64_t row = slot.rows[slot.position++];
+  ++served_in_epoch_;
+  --open_rows_;
+  if (slot.remaining() == 0) finished_.push_back(slot.partition);
+  if (slot.remaining() == 0 && !open_next(slot)) {
+    slots_.erase(slots_.begin() + static_cast<std::ptrdiff_t>(pick));
+    if (!options_.shuffle && cursor_ > pick) --cursor_;
+  }
+  if (!slots_.empty() && cursor_ >= slots_.size()) cursor_ = 0;
+  return row;
 }
 
 std::vector<size_t> BatchPlanner::take_finished() {

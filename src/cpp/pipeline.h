@@ -112,7 +112,7 @@ class BatchPlanner {
   };
   void start_epoch();
   bool open_next(Slot& slot);
-  uint64_t take_one();
+  uint64_t take_one();  // the next row: drawn across the open partitions, or round-robin without shuffle
   size_t bucket_of(uint64_t row) const;
   uint64_t draw(uint64_t bound);
 
