@@ -75,6 +75,25 @@ def test_a_bad_value_inside_a_sequence_names_its_row_and_step():
         _core.to_padded(*column.__arrow_c_array__(), "tokens", "int8", [-1], (0, False, -1, False, False, 0.0))
 
 
+def test_per_step_outputs_are_cut_back_to_each_rows_own_steps():
+    from keras_spark.spark.score import _to_arrow
+    from pyspark.sql import types as T
+
+    values = np.arange(2 * 4, dtype=np.float32).reshape(2, 4)  # two rows padded to 4 steps
+    spark_type = T.ArrayType(T.FloatType())
+    post = sequences.ragged_output(values, np.array([2, 4]), "post", _to_arrow, spark_type)
+    pre = sequences.ragged_output(values, np.array([1, 3]), "pre", _to_arrow, spark_type)
+    assert post.to_pylist() == [[0, 1], [4, 5, 6, 7]]
+    assert pre.to_pylist() == [[3], [5, 6, 7]]
+
+
+@pytest.mark.parametrize("options", [dict(padding="left"), dict(truncating="end"), dict(sequence_length=0),
+                                     dict(bucket_by_length=[10, -1])], ids=str)
+def test_bad_sequence_options_are_value_errors_naming_the_option(options):
+    with pytest.raises(ValueError, match=next(iter(options))):
+        sequences.SequenceOptions(**options)
+
+
 # -- the pipeline: padding per batch and bucketing -------------------------------------------
 def _ragged_cache(tmp_path, lengths, partitions=3):
     """A cache chunk of rows 0..n-1: `tokens` row i holds `lengths[i]` copies of i + 1; `id` is i."""
