@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pyspark.sql import types as T
 
 from keras_spark.errors import BindingError, DataError
+from keras_spark.images import check_image_input, image_fit, is_image_type
 
 _INTEGER_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
 _NUMERIC_TYPES = _INTEGER_TYPES + (T.FloatType, T.DoubleType, T.BooleanType)
@@ -38,10 +39,16 @@ class ColumnBinding:
     dtype: str
     shape: tuple[int, ...]
     spark_type: str
+    image: str | None = None  # an image column: "exact", "resize" or "center_crop" (images.py)
+
+    @property
+    def core_dtype(self) -> str:
+        """The dtype as the C++ core takes it: an image column's fit follows it (`uint8;image=resize`)."""
+        return self.dtype if self.image is None else f"{self.dtype};image={self.image}"
 
     def core_spec(self, field_index: int) -> tuple[str, int, str, list[int]]:
         """The (name, field index, dtype, shape) tuple the C++ core takes."""
-        return (self.column, field_index, self.dtype, list(self.shape))
+        return (self.column, field_index, self.core_dtype, list(self.shape))
 
 
 def describe_type(data_type: T.DataType) -> str:
@@ -92,8 +99,9 @@ def _check_depth(column: str, spark_type: T.DataType, depth: int, shape: tuple[i
     )
 
 
-def bind_inputs(model, schema: T.StructType) -> list[ColumnBinding]:
-    """Bind every Keras input to the column of the same name."""
+def bind_inputs(model, schema: T.StructType, image_resize: str | None = None) -> list[ColumnBinding]:
+    """Bind every Keras input to the column of the same name; `image_resize` fits image columns (images.py)."""
+    fit = image_fit(image_resize)
     bindings = []
     for tensor in model.inputs:
         name = tensor.name
@@ -106,6 +114,11 @@ def bind_inputs(model, schema: T.StructType) -> list[ColumnBinding]:
                 )
             _column_or_error(schema, name, f"Keras input '{name}'")
         field = schema[name]
+        if is_image_type(field.dataType):
+            shape, dtype, spark_type = _input_shape(tensor.shape), str(tensor.dtype), describe_type(field.dataType)
+            check_image_input(name, spark_type, shape, dtype)
+            bindings.append(ColumnBinding(name, "input", name, dtype, shape, spark_type, image=fit))
+            continue
         depth, _ = column_depth(field.dataType, name)
         shape = _input_shape(tensor.shape)
         _check_depth(name, field.dataType, depth, shape, name)

@@ -118,7 +118,7 @@ def _dense_inputs(batch: pa.RecordBatch, bindings: list[ColumnBinding]) -> list[
     for b in bindings:
         column = batch.column(batch.schema.get_field_index(b.column))
         # A NaN input scores to a NaN output (not silent); only casts the dtype cannot hold are errors.
-        dense, _ = _core.to_dense(*column.__arrow_c_array__(), b.column, b.dtype, list(b.shape),
+        dense, _ = _core.to_dense(*column.__arrow_c_array__(), b.column, b.core_dtype, list(b.shape),
                                   allow_non_finite=True)
         arrays.append(dense)
     return arrays
