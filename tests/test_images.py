@@ -194,7 +194,8 @@ def test_corrupt_image_is_a_data_error_naming_the_column_and_row(spark):
     rng = np.random.default_rng(6)
     blobs = [encode(pattern_image(i % 2, rng), "PNG") for i in range(6)]
     blobs[4] = blobs[4][:50]
-    with pytest.raises(DataError, match=r"column 'content' has an image at row 4 of a batch, in partition id 4 that cannot be decoded"):
+    where = r"column 'content' has an image at row 4 of a batch, in partition id 4 that cannot be decoded"
+    with pytest.raises(DataError, match=where):
         image_model().fit(in_memory_images(spark, blobs, [0, 1] * 3), batch_size=2, epochs=1, verbose=0)
 
 
