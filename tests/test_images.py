@@ -1,76 +1,26 @@
-"""Image columns (binary JPEG/PNG, Spark's image struct) feed image inputs, decoded by the core."""
+"""Image columns (binary JPEG/PNG, Spark's image struct) feed image inputs on Spark, decoded by the core.
 
-import io
+Decoding itself (pixels against Pillow, corrupt files, fuzzing) is tested in test_image_decode.py.
+"""
+
 import shutil
 import tempfile
 from pathlib import Path
 
 import keras
 import numpy as np
-import pyarrow as pa
 import pytest
+from image_builders import core_decode, encode, pattern_image, pillow_decode
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from keras_spark import _core
 from keras_spark.errors import BindingError, DataError
 from keras_spark.models import KerasSparkModel
-
-Image = pytest.importorskip("PIL.Image", reason="Pillow (the test extra) encodes the test images")
 
 SIZE = 16
 
 
-def encode(pixels: np.ndarray, fmt: str, **options) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(out, format=fmt, **options)
-    return out.getvalue()
-
-
-def pillow_decode(data: bytes, mode: str = "RGB") -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert(mode))
-
-
-def core_decode(blobs, shape, dtype="uint8", fit="exact") -> np.ndarray:
-    array = pa.array(blobs, pa.binary())
-    dense, _ = _core.to_dense(*array.__arrow_c_array__(), "img", f"{dtype};image={fit}", list(shape))
-    return dense
-
-
-def pattern_image(label: int, rng, size=(SIZE, SIZE)) -> np.ndarray:
-    """Class 0 bright on the left, class 1 bright on the right, with noise."""
-    h, w = size
-    pixels = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
-    half = slice(0, w // 2) if label == 0 else slice(w // 2, w)
-    pixels[:, half] += 150
-    return pixels
-
-
-# -- decoding in the core ------------------------------------------------------------------
-@pytest.mark.parametrize("channels,mode", [(1, "L"), (3, "RGB"), (4, "RGBA")])
-def test_png_decodes_pixel_equal_to_pillow(channels, mode):
-    rng = np.random.default_rng(channels)
-    images = [rng.integers(0, 256, (12, 20, channels), dtype=np.uint8) for _ in range(5)]
-    got = core_decode([encode(p, "PNG") for p in images], (12, 20, channels))
-    np.testing.assert_array_equal(got, np.stack(images))
-
-
-def test_jpeg_decodes_close_to_pillow():
-    rng = np.random.default_rng(0)
-    blobs = [encode(pattern_image(i % 2, rng, (48, 64)), "JPEG", quality=90) for i in range(6)]
-    got = core_decode(blobs, (48, 64, 3), dtype="float32")
-    reference = np.stack([pillow_decode(b) for b in blobs]).astype(np.float32)
-    assert np.abs(got - reference).mean() < 1.0  # decoders differ by IDCT and upsampling rounding
-    assert np.abs(got - reference).max() <= 16
-
-
-def test_png_channels_convert_to_the_inputs():
-    rgb = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    got = core_decode([encode(rgb, "PNG")], (8, 8, 4))
-    np.testing.assert_array_equal(got[0, ..., :3], rgb)
-    assert (got[0, ..., 3] == 255).all()
-
-
+# -- fitting sizes: the core beside TensorFlow's and Keras's references -----------------
 def test_resize_matches_tf_image_resize_bilinear():
     tf = pytest.importorskip("tensorflow")
     rng = np.random.default_rng(2)
@@ -82,38 +32,11 @@ def test_resize_matches_tf_image_resize_bilinear():
 
 @pytest.mark.parametrize("source", [(30, 40), (10, 12)], ids=["larger", "smaller"])
 def test_center_crop_matches_keras_center_crop(source):
-    tf = pytest.importorskip("tensorflow")
     pixels = np.random.default_rng(3).integers(0, 256, (*source, 3), dtype=np.uint8)
     got = core_decode([encode(pixels, "PNG")], (16, 16, 3), dtype="float32", fit="center_crop")
     crop = keras.layers.CenterCrop(16, 16, dtype="float32")
     expected = keras.ops.convert_to_numpy(crop(pixels[None].astype(np.float32)))
     np.testing.assert_allclose(got, expected, atol=1e-3)
-    del tf
-
-
-def test_corrupt_image_names_the_column_and_the_row():
-    good = encode(np.zeros((8, 8, 3), np.uint8), "PNG")
-    with pytest.raises(_core.ColumnError, match=r"column 'img' has an image at row 2 that cannot be decoded"):
-        core_decode([good, good, good[:40], good], (8, 8, 3))
-
-
-def test_first_bad_row_is_reported_whatever_thread_decodes_it(monkeypatch):
-    monkeypatch.setenv("KERAS_SPARK_DECODE_THREADS", "4")
-    good = encode(np.zeros((8, 8, 3), np.uint8), "PNG")
-    blobs = [good] * 200
-    blobs[150], blobs[37] = b"not an image", b"\x89PNG broken"
-    with pytest.raises(_core.ColumnError, match="at row 37 "):
-        core_decode(blobs, (8, 8, 3))
-
-
-def test_image_struct_bgr_becomes_rgb():
-    rgb = np.random.default_rng(4).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    struct = pa.array([{"origin": "x.png", "height": 5, "width": 7, "nChannels": 3, "mode": 16,
-                        "data": rgb[..., ::-1].tobytes()}],
-                      pa.struct([("origin", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
-                                 ("nChannels", pa.int32()), ("mode", pa.int32()), ("data", pa.binary())]))
-    got, _ = _core.to_dense(*struct.__arrow_c_array__(), "image", "uint8;image=exact", [5, 7, 3])
-    np.testing.assert_array_equal(got[0], rgb)
 
 
 # -- on Spark --------------------------------------------------------------------------------
