@@ -62,7 +62,8 @@ def small_convnet():
     h = keras.layers.Conv2D(16, 3, activation="relu")(h)
     h = keras.layers.MaxPooling2D()(h)
     h = keras.layers.Conv2D(32, 3, activation="relu")(h)
-    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Flatten()(h)
     digit = keras.layers.Dense(10, activation="softmax", name="digit")(h)
     model = KerasSparkModel(content, digit)
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -80,7 +81,7 @@ def main():
     train, held_out = files.filter(~F.col("held_out")), files.filter(F.col("held_out"))
 
     model = small_convnet()
-    model.fit(train, batch_size=64, epochs=15, verbose=2, image_resize="resize")
+    model.fit(train, batch_size=64, epochs=10, verbose=2, image_resize="resize")
     scored = model.predict(held_out, image_resize="resize").select("path", "digit", "model_output.digit")
     rows = scored.toPandas()
     predicted = np.stack(rows.iloc[:, 2].to_numpy()).argmax(axis=1)

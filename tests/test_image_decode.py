@@ -107,3 +107,18 @@ def test_corrupted_files_decode_or_fail_cleanly(fmt, cut, flips, fit):
         assert "column 'img'" in str(error) and "at row 1" in str(error)
     else:
         assert got.shape == (2, 24, 20, 3)
+
+
+def test_jpeg_huffman_table_past_256_symbols_is_refused():
+    data = bytearray(VALID["JPEG"])
+    dht = data.index(b"\xff\xc4")  # marker, length (2), class/id (1), then 16 code-length counts
+    data[dht + 5: dht + 21] = bytes([255] * 16)
+    with pytest.raises(_core.ColumnError, match="at row 0 that cannot be decoded .*bad DHT header"):
+        core_decode([bytes(data)], (24, 20, 3))
+
+
+def test_decoder_messages_are_printable_whatever_the_file_holds():
+    png = VALID["PNG"]
+    chunk = (0).to_bytes(4, "big") + b"\x91QAT" + b"\0\0\0\0"  # an unknown critical chunk, a non-ASCII name
+    with pytest.raises(_core.ColumnError, match=r"decoder: \?QAT PNG chunk not known"):
+        core_decode([png[:33] + chunk + png[33:]], (24, 20, 3))

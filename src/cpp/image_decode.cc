@@ -25,6 +25,15 @@ namespace {
 
 std::string at_row(int64_t row) { return " at row " + std::to_string(row); }
 
+// stb_image's reason for this thread's last failure, printable (a PNG chunk's name is raw file bytes).
+std::string failure_reason() {
+  const char* reason = stbi_failure_reason();
+  std::string out = reason ? reason : "unknown";
+  for (char& ch : out)
+    if (ch < 32 || ch > 126) ch = '?';
+  return out;
+}
+
 // A binary (int32 offsets, "z") or large binary (int64 offsets, "Z") array, entry i at physical first + i.
 struct BinaryValues {
   const uint8_t* validity = nullptr;
@@ -228,7 +237,7 @@ class ImageRows {
     if (!pixels)
       throw ColumnError("column '" + t_.name + "' has an image" + at_row(i) + " that cannot be decoded as JPEG or "
                             "PNG (" + std::to_string(size) + " bytes; decoder: " +
-                            (size > 0 ? stbi_failure_reason() : "empty") +
+                            (size > 0 ? failure_reason() : "empty") +
                             "); remove or repair it, e.g. filter such rows out in Spark",
                         i);
     write_pixels({pixels.get(), height, width, channels}, t_, i, out);

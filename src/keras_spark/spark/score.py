@@ -106,7 +106,7 @@ def limit_threads(threads: int) -> None:
     # Each Python worker scores one task; backends sized for the whole machine would have
     # every worker's thread pools fight over the same cores. Only effective before the
     # backend is imported in this worker.
-    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS", "KERAS_SPARK_DECODE_THREADS"):
         os.environ.setdefault(name, str(threads))
     os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}")
 
