@@ -76,8 +76,9 @@ def test_a_bad_value_inside_a_sequence_names_its_row_and_step():
 
 
 def test_per_step_outputs_are_cut_back_to_each_rows_own_steps():
-    from keras_spark.spark.score import _to_arrow
     from pyspark.sql import types as T
+
+    from keras_spark.spark.score import _to_arrow
 
     values = np.arange(2 * 4, dtype=np.float32).reshape(2, 4)  # two rows padded to 4 steps
     spark_type = T.ArrayType(T.FloatType())

@@ -54,6 +54,7 @@ class ArrowView {
   char number_format() const { return number_format_; }  // Number; Dictionary: the index type
   int64_t fixed_size() const { return fixed_size_; }
   const ArrowSchema& schema() const { return *schema_; }
+  const ArrowArray& array() const { return *array_; }  // kinds read outside this reader (images)
   // List kinds: [values]; Vector: [type, size, indices, values]; Dictionary: [dictionary].
   const std::vector<ArrowView>& children() const { return children_; }
   const ArrowView& child(size_t i = 0) const { return children_.at(i); }

@@ -54,11 +54,23 @@ nb::object owned_array(uint8_t* data, int64_t rows, const std::vector<int64_t>& 
   return nb::cast(array, nb::rv_policy::reference);
 }
 
+// A column's dtype, with ";image=exact|resize|center_crop" after it for an image column.
+ImageFit image_fit_of(const std::string& dtype) {
+  const size_t p = dtype.find(";image=");
+  if (p == std::string::npos) return ImageFit::NotImage;
+  const std::string fit = dtype.substr(p + 7);
+  if (fit == "exact") return ImageFit::Exact;
+  if (fit == "resize") return ImageFit::Resize;
+  if (fit == "center_crop") return ImageFit::CenterCrop;
+  throw ColumnError("unknown image fit '" + fit + "'; expected exact, resize or center_crop");
+}
+
 ColumnTarget target_of(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
                        bool allow_non_finite) {
   ColumnTarget t;
   t.name = name;
-  t.dtype = parse_dtype(dtype);
+  t.dtype = parse_dtype(dtype.substr(0, dtype.find(';')));
+  t.image = image_fit_of(dtype);
   t.shape = shape;
   t.allow_non_finite = allow_non_finite;
   return t;

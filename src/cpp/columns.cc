@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "casts.h"
+#include "image_decode.h"
 
 namespace keras_spark {
 namespace {
@@ -231,6 +232,7 @@ size_t ColumnTarget::bytes_for(int64_t rows) const {
 std::string ColumnTarget::shape_text() const { return shape_of(shape); }
 
 void resolve_shape(const ArrowView& column, int64_t begin, ColumnTarget& target) {
+  if (target.image != ImageFit::NotImage) return check_image_target(column, target);  // its shape is the input's
   check_depth(column, target);
   for (size_t d = static_cast<size_t>(column.depth()); d < target.shape.size(); ++d) target.shape[d] = 1;
   const ArrowView* v = &column;
@@ -278,6 +280,7 @@ void convert_rows(const ArrowView& column, int64_t begin, int64_t end, const Col
   if (end <= begin) return;
   if (begin < 0 || end > column.length())
     throw ColumnError("column '" + target.name + "': internal: rows outside the array");
+  if (target.image != ImageFit::NotImage) return convert_image_rows(column, begin, end, target, out);
   check_depth(column, target);
   target.bytes_for(end - begin);
   Converter(target).run(column, begin, end, 0, {begin, begin, 1}, out);

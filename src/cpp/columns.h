@@ -22,6 +22,10 @@ DType parse_dtype(const std::string& name);
 const char* dtype_name(DType dtype);
 size_t dtype_size(DType dtype);
 
+// An image column (binary JPEG/PNG or Spark's image struct) and how its pixels meet the per-row
+// shape (h, w, c): NotImage for every other column (image_decode.h).
+enum class ImageFit { NotImage, Exact, Resize, CenterCrop };
+
 // What a column must become: a dense tensor of `dtype` with per-row `shape`
 // (-1 = decided by the first row converted, then fixed for every later row).
 // NaN and infinite float values are errors unless `allow_non_finite`; integer values
@@ -31,6 +35,7 @@ struct ColumnTarget {
   DType dtype = DType::Float32;
   std::vector<int64_t> shape;
   bool allow_non_finite = false;
+  ImageFit image = ImageFit::NotImage;
 
   bool resolved() const;
   int64_t row_elements() const;  // product of shape; requires resolved(); ColumnError past int64

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pyspark.sql import types as T
 
 from keras_spark.errors import BindingError, DataError
+from keras_spark.images import check_image_input, image_fit, is_image_type
 
 _INTEGER_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
 _NUMERIC_TYPES = _INTEGER_TYPES + (T.FloatType, T.DoubleType, T.BooleanType)
@@ -40,6 +41,12 @@ class ColumnBinding:
     spark_type: str
     kind: str = "dense"  # or "sequence" / "string": a ragged column (sequences.py)
     sequence: object = None  # sequences.SequenceOptions of a ragged column
+    image: str | None = None  # an image column: "exact", "resize" or "center_crop" (images.py)
+
+    @property
+    def core_dtype(self) -> str:
+        """The dtype as the C++ core takes it: an image column's fit follows it (`uint8;image=resize`)."""
+        return self.dtype if self.image is None else f"{self.dtype};image={self.image}"
 
     def core_spec(self, field_index: int) -> tuple[str, int, str, list[int]]:
         """The (name, field index, dtype, shape) tuple the C++ core takes."""
@@ -47,7 +54,7 @@ class ColumnBinding:
             from keras_spark import sequences
 
             return sequences.core_spec(self, field_index)
-        return (self.column, field_index, self.dtype, list(self.shape))
+        return (self.column, field_index, self.core_dtype, list(self.shape))
 
 
 def describe_type(data_type: T.DataType) -> str:
@@ -100,8 +107,9 @@ def _check_depth(column: str, spark_type: T.DataType, depth: int, shape: tuple[i
     )
 
 
-def bind_inputs(model, schema: T.StructType) -> list[ColumnBinding]:
-    """Bind every Keras input to the column of the same name."""
+def bind_inputs(model, schema: T.StructType, image_resize: str | None = None) -> list[ColumnBinding]:
+    """Bind every Keras input to the column of the same name; `image_resize` fits image columns (images.py)."""
+    fit = image_fit(image_resize)
     bindings = []
     for tensor in model.inputs:
         name = tensor.name
@@ -114,6 +122,11 @@ def bind_inputs(model, schema: T.StructType) -> list[ColumnBinding]:
                 )
             _column_or_error(schema, name, f"Keras input '{name}'")
         field = schema[name]
+        if is_image_type(field.dataType) and str(tensor.dtype) != "string":  # binary into a string input: bytes
+            shape, dtype, spark_type = _input_shape(tensor.shape), str(tensor.dtype), describe_type(field.dataType)
+            check_image_input(name, spark_type, shape, dtype)
+            bindings.append(ColumnBinding(name, "input", name, dtype, shape, spark_type, image=fit))
+            continue
         from keras_spark import sequences
 
         ragged = sequences.bind_input(tensor, field)

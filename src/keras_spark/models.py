@@ -38,7 +38,7 @@ class KerasSparkModel(keras.Model):
     # -- training -------------------------------------------------------------------
     def fit(self, x=None, y=None, batch_size=None, epochs=1, *args, partition_col=_UNSET,
             num_parallel_calls=_UNSET, cache_dir=_UNSET, num_workers=_UNSET, allow_non_finite=_UNSET,
-            custom_objects=_UNSET, **kwargs):
+            custom_objects=_UNSET, image_resize=_UNSET, **kwargs):
         """keras.Model.fit; with a Spark DataFrame `x`, trains on its columns.
 
         Spark-only keywords: `partition_col` (default "partition_id": integer ids 0..n,
@@ -52,10 +52,13 @@ class KerasSparkModel(keras.Model):
         `custom_objects` (a dict of custom layers, losses and metrics the num_workers processes
         need beyond those registered with `keras.saving.register_keras_serializable`, which
         travel by themselves). With a DataFrame, `sample_weight` is the name of a column of
-        row weights, and `class_weight` works as with NumPy data.
+        row weights, and `class_weight` works as with NumPy data. `image_resize` (None, "resize" or
+        "center_crop") fits image columns (binary JPEG/PNG, Spark's image struct) to their
+        input's (height, width); see keras_spark.images.
         """
         spark_only = dict(partition_col=partition_col, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir,
-                          num_workers=num_workers, allow_non_finite=allow_non_finite, custom_objects=custom_objects)
+                          num_workers=num_workers, allow_non_finite=allow_non_finite, custom_objects=custom_objects,
+                          image_resize=image_resize)
         if not is_spark_dataframe(x):
             _reject_spark_keywords(spark_only, "fit")
             if is_spark_dataframe(kwargs.get("validation_data")):
@@ -71,13 +74,14 @@ class KerasSparkModel(keras.Model):
         )
 
     def evaluate(self, x=None, y=None, batch_size=None, *args, partition_col=_UNSET, cache_dir=_UNSET,
-                 allow_non_finite=_UNSET, **kwargs):
+                 allow_non_finite=_UNSET, image_resize=_UNSET, **kwargs):
         """keras.Model.evaluate; with a Spark DataFrame `x`, evaluates on its columns (on the driver).
 
-        Takes fit's `partition_col`, `cache_dir` and `allow_non_finite`; with a DataFrame,
-        `sample_weight` is the name of a column of row weights.
+        Takes fit's `partition_col`, `cache_dir`, `allow_non_finite` and `image_resize`; with a
+        DataFrame, `sample_weight` is the name of a column of row weights.
         """
-        spark_only = dict(partition_col=partition_col, cache_dir=cache_dir, allow_non_finite=allow_non_finite)
+        spark_only = dict(partition_col=partition_col, cache_dir=cache_dir, allow_non_finite=allow_non_finite,
+                          image_resize=image_resize)
         if not is_spark_dataframe(x):
             _reject_spark_keywords(spark_only, "evaluate")
             return super().evaluate(x, y, batch_size, *args, **kwargs)
@@ -89,7 +93,7 @@ class KerasSparkModel(keras.Model):
         )
 
     # -- scoring --------------------------------------------------------------------
-    def predict(self, x, batch_size=None, *args, custom_objects=_UNSET, **kwargs):
+    def predict(self, x, batch_size=None, *args, custom_objects=_UNSET, image_resize=_UNSET, **kwargs):
         """keras.Model.predict; with a Spark DataFrame, a lazy DataFrame scored on the executors.
 
         The result keeps every column of `x`, row for row, and adds a struct column
@@ -98,10 +102,11 @@ class KerasSparkModel(keras.Model):
         `score.PREDICT_BATCH_BYTES` of input (at least 32 rows, at most 8,192): Keras's
         default of 32 rows is several times slower for DataFrame scoring.
         Custom objects registered with `keras.saving.register_keras_serializable` travel
-        with the model; pass others as `custom_objects={"Name": obj}`.
+        with the model; pass others as `custom_objects={"Name": obj}`. Image columns are fitted
+        as fit's `image_resize` says (pass the same value).
         """
         if not is_spark_dataframe(x):
-            _reject_spark_keywords(dict(custom_objects=custom_objects), "predict")
+            _reject_spark_keywords(dict(custom_objects=custom_objects, image_resize=image_resize), "predict")
             return super().predict(x, batch_size, *args, **kwargs)
         from keras_spark.spark.score import predict_dataframe
         from keras_spark.spark.training import batch_size_or_default
@@ -111,7 +116,8 @@ class KerasSparkModel(keras.Model):
         from keras_spark import sequences
 
         options = sequences.SequenceOptions.pop_from(kwargs)
-        bindings = sequences.with_options(binding.bind_inputs(self, x.schema), options)
+        resize = None if image_resize is _UNSET else image_resize
+        bindings = sequences.with_options(binding.bind_inputs(self, x.schema, resize), options)
         objects = None if custom_objects is _UNSET else custom_objects
         return predict_dataframe(self, x, bindings, batch_size, custom_objects=objects)
 

@@ -107,7 +107,7 @@ def limit_threads(threads: int) -> None:
     # Each Python worker scores one task; backends sized for the whole machine would have
     # every worker's thread pools fight over the same cores. Only effective before the
     # backend is imported in this worker.
-    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS", "KERAS_SPARK_DECODE_THREADS"):
         os.environ.setdefault(name, str(threads))
     os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}")
 
@@ -126,7 +126,7 @@ def _dense_inputs(batch: pa.RecordBatch, bindings: list[ColumnBinding]) -> tuple
                 row_lengths = lengths
             continue
         # A NaN input scores to a NaN output (not silent); only casts the dtype cannot hold are errors.
-        dense, _ = _core.to_dense(*column.__arrow_c_array__(), b.column, b.dtype, list(b.shape),
+        dense, _ = _core.to_dense(*column.__arrow_c_array__(), b.column, b.core_dtype, list(b.shape),
                                   allow_non_finite=True)
         arrays.append(dense)
     return arrays, row_lengths

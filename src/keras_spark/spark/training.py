@@ -23,9 +23,10 @@ from keras_spark.spark.extract import extract
 from keras_spark.weights import bind_weight_column, check_weight_values, class_weight_table
 
 
-def _bind(model, df, partition_col: str, with_labels: bool, sample_weight=None, sequence_options=None):
+def _bind(model, df, partition_col: str, with_labels: bool, sample_weight=None, sequence_options=None,
+          image_resize=None):
     binding.check_partition_column(df.schema, partition_col)
-    bound = binding.bind_inputs(model, df.schema)
+    bound = binding.bind_inputs(model, df.schema, image_resize)
     if with_labels:
         bound += binding.bind_labels(model, df.schema, keras.config.floatx())
     if sample_weight is not None:
@@ -93,7 +94,7 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
                   num_parallel_calls=None, cache_dir=None, shuffle=True, validation_data=None,
                   validation_split=0.0, validation_batch_size=None, sample_weight=None, initial_epoch=0,
                   steps_per_epoch=None, validation_steps=None, num_workers=1, allow_non_finite=False,
-                  class_weight=None, custom_objects=None, **keras_kwargs):
+                  class_weight=None, custom_objects=None, image_resize=None, **keras_kwargs):
     """Model.fit on a DataFrame: labels are the columns named like the outputs, weights a column's name."""
     _reject("y", y, "labels are the columns named like the model's outputs")
     _check_class_weight(model, sample_weight, class_weight)
@@ -107,9 +108,10 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     if num_workers < 1:
         raise ValueError(f"num_workers must be a positive integer; got {num_workers!r}")
     train_bindings = _bind(model, df, partition_col, with_labels=True, sample_weight=sample_weight,
-                           sequence_options=sequence_options)
+                           sequence_options=sequence_options, image_resize=image_resize)
     spark_validation = validation_data is not None and is_spark_dataframe(validation_data)
-    val_bindings = (_bind(model, validation_data, partition_col, True, sequence_options=sequence_options)
+    val_bindings = (_bind(model, validation_data, partition_col, True, sequence_options=sequence_options,
+                          image_resize=image_resize)
                     if spark_validation else None)
     if num_workers > 1 and sequences.has_ragged(train_bindings):
         raise NotImplementedError("keras-spark: sequence and string columns train with num_workers=1 for now")
@@ -165,11 +167,12 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
 
 
 def evaluate_dataframe(model, df, *, y=None, batch_size=None, super_evaluate, partition_col="partition_id",
-                       cache_dir=None, sample_weight=None, steps=None, allow_non_finite=False, **keras_kwargs):
+                       cache_dir=None, sample_weight=None, steps=None, allow_non_finite=False, image_resize=None,
+                       **keras_kwargs):
     """Model.evaluate on a DataFrame, in row order, on the driver; `sample_weight` names a weight column."""
     _reject("y", y, "labels are the columns named like the model's outputs")
     bindings = _bind(model, df, partition_col, with_labels=True, sample_weight=sample_weight,
-                     sequence_options=sequences.SequenceOptions.pop_from(keras_kwargs))
+                     sequence_options=sequences.SequenceOptions.pop_from(keras_kwargs), image_resize=image_resize)
     with terminate_cleanly(), _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite) as cached:
         feed = _feed(model, cached, batch_size_or_default(batch_size), shuffle=False, seed=0, num_parallel_calls=1)
         try:

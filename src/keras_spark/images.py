@@ -1,0 +1,60 @@
+"""Image columns: which Spark columns hold images, and the rules an image input obeys.
+
+Two column kinds feed `keras.Input(shape=(height, width, channels))` of dtype uint8,
+float32 or float64:
+
+- a `binary` column of encoded JPEG or PNG files, as `spark.read.format("binaryFile")`
+  gives (its `content` column);
+- Spark's image struct, as `spark.read.format("image")` gives (its `image` column:
+  origin, height, width, nChannels, mode, data; BGR bytes, converted to RGB).
+
+The C++ core decodes them on its own threads when the cache is written (on the executors)
+and when predict scores a batch; the cache keeps the decoded pixels, height*width*channels
+values a row. Pixels keep their 0..255 values: put a `keras.layers.Rescaling` in the model.
+`image_resize` says how an image of another size meets the input's:
+
+- None (default): sizes must match; another size is a DataError naming the column and row.
+- "resize": bilinear resize to (height, width), as `tf.image.resize`.
+- "center_crop": the centred (height, width) window, as `keras.layers.CenterCrop` (an image
+  smaller than that: the largest centred window of the input's aspect ratio, resized).
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+from keras_spark.errors import BindingError
+
+IMAGE_RESIZE_CHOICES = (None, "resize", "center_crop")
+IMAGE_DTYPES = ("uint8", "float32", "float64")
+IMAGE_STRUCT_FIELDS = frozenset({"origin", "height", "width", "nChannels", "mode", "data"})
+
+
+def is_image_type(data_type: T.DataType) -> bool:
+    """A binary column (encoded JPEG/PNG) or Spark's image struct."""
+    if isinstance(data_type, T.BinaryType):
+        return True
+    return isinstance(data_type, T.StructType) and set(data_type.fieldNames()) == IMAGE_STRUCT_FIELDS
+
+
+def image_fit(image_resize: str | None) -> str:
+    """The core's name for an `image_resize` choice ("exact" for None)."""
+    if image_resize not in IMAGE_RESIZE_CHOICES:
+        raise ValueError(f"image_resize must be one of {IMAGE_RESIZE_CHOICES}; got {image_resize!r}")
+    return image_resize or "exact"
+
+
+def check_image_input(column: str, spark_type: str, shape: tuple[int, ...], dtype: str) -> None:
+    """An image column can feed only a fully known (height, width, 1|3|4) input of a pixel dtype."""
+    if len(shape) != 3 or any(d < 1 for d in shape) or shape[2] not in (1, 3, 4):
+        shown = tuple(None if d < 0 else d for d in shape)
+        raise BindingError(
+            f"column '{column}' holds images ({spark_type}), but Keras input '{column}' has per-row shape {shown}; "
+            f"give it keras.Input(shape=(height, width, channels)) with every size known and channels 1, 3 or 4 "
+            f"(pass image_resize='resize' or 'center_crop' to fit images of other sizes)"
+        )
+    if dtype not in IMAGE_DTYPES:
+        raise BindingError(
+            f"column '{column}' holds images, but Keras input '{column}' has dtype {dtype}; use one of {IMAGE_DTYPES}"
+            f" (uint8 keeps the cache smallest)"
+        )
