@@ -4,16 +4,19 @@
 #pragma once
 
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "columns.h"
+#include "sparse_column.h"
 
 namespace keras_spark {
 
 struct CacheColumn {
   ColumnTarget target;
   int field_index;  // position of the column in the record batch
+  bool sparse = false;  // a vector kept as its non-zeros (sparse_column.h)
 };
 
 struct PartitionRun {
@@ -50,6 +53,7 @@ class CacheWriter {
   int partition_field_;
   std::vector<std::string> paths_;
   std::vector<std::FILE*> files_;
+  std::vector<std::unique_ptr<SparseColumnWriter>> sparse_writers_;  // per column; null for dense
   std::vector<uint8_t> buffer_;
   CacheSummary summary_;
   bool finished_ = false;

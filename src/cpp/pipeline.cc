@@ -37,6 +37,7 @@ uint8_t* allocate(size_t bytes) {
 }  // namespace
 
 size_t ColumnLayout::row_bytes() const {
+  if (sparse) return sizeof(int64_t);  // the row's end offset
   int64_t n = static_cast<int64_t>(dtype_size(dtype));
   for (int64_t d : shape)
     if (d < 0 || __builtin_mul_overflow(n, d, &n))
@@ -44,10 +45,14 @@ size_t ColumnLayout::row_bytes() const {
   return static_cast<size_t>(n);
 }
 
-Batch::Batch(Batch&& other) noexcept : buffers(std::move(other.buffers)), rows(other.rows) { other.buffers.clear(); }
+Batch::Batch(Batch&& other) noexcept
+    : buffers(std::move(other.buffers)), sparse(std::move(other.sparse)), rows(other.rows) {
+  other.buffers.clear();
+}
 Batch& Batch::operator=(Batch&& other) noexcept {
   for (uint8_t* b : buffers) std::free(b);
   buffers = std::move(other.buffers);
+  sparse = std::move(other.sparse);
   other.buffers.clear();
   rows = other.rows;
   return *this;
@@ -199,6 +204,12 @@ Pipeline::Pipeline(const std::vector<std::vector<std::string>>& chunk_files, std
     for (const std::string& path : files) mapped.push_back(std::make_unique<MappedFile>(path));
     files_.push_back(std::move(mapped));
   }
+  sparse_sources_.resize(columns_.size());
+  for (size_t c = 0; c < columns_.size(); ++c)
+    for (size_t chunk = 0; columns_[c].sparse && chunk < files_.size(); ++chunk) {
+      sparse_files_.push_back(std::make_unique<SparseColumnFiles>(chunk_files[chunk][c]));
+      sparse_sources_[c].push_back({files_[chunk][c].get(), sparse_files_.back().get()});
+    }
   check_segments(planner_.partition_count());
   steps_per_epoch_ = (planner_.total_rows() + options_.batch_size - 1) / options_.batch_size;
   const int threads = options_.num_threads < 1 ? 1 : options_.num_threads;
@@ -259,7 +270,13 @@ Batch Pipeline::gather(const std::vector<uint64_t>& rows) {
   Batch batch;
   batch.rows = static_cast<int64_t>(rows.size());
   batch.buffers.reserve(columns_.size());
+  batch.sparse.resize(columns_.size());
   for (size_t c = 0; c < columns_.size(); ++c) {
+    if (columns_[c].sparse) {
+      batch.buffers.push_back(nullptr);
+      batch.sparse[c] = gather_sparse(rows, kRowBits, sparse_sources_[c], columns_[c].dtype, options_.sparse_layout);
+      continue;
+    }
     const size_t rb = columns_[c].row_bytes();
     uint8_t* out = allocate(rb * rows.size());
     batch.buffers.push_back(out);
@@ -308,6 +325,7 @@ void Pipeline::release(const std::vector<size_t>& partitions) const {
       for (size_t c = 0; c < columns_.size(); ++c) {
         const size_t rb = columns_[c].row_bytes();
         files_[s.chunk][c]->release(static_cast<size_t>(s.start) * rb, static_cast<size_t>(s.count) * rb);
+        if (columns_[c].sparse) release_sparse(sparse_sources_[c][s.chunk], s.start, s.count, columns_[c].dtype);
       }
 }
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "columns.h"
+#include "sparse_column.h"
 
 namespace keras_spark {
 
@@ -32,6 +33,7 @@ struct Segment {
 struct ColumnLayout {
   DType dtype;
   std::vector<int64_t> shape;  // resolved per-row shape
+  bool sparse = false;         // its file holds each row's end offset; entries beside it (sparse_column.h)
   size_t row_bytes() const;
 };
 
@@ -43,11 +45,14 @@ struct PipelineOptions {
   int num_threads = 1;
   int prefetch = 4;
   int64_t first_epoch = 0;
+  SparseLayout sparse_layout;  // how sparse columns' batches are laid out for the backend
 };
 
-// A batch: one buffer per column (the caller takes ownership of each), `rows` rows each.
+// A batch: one buffer per column (the caller takes ownership of each), `rows` rows each;
+// a sparse column's buffer is null and its arrays are in `sparse` at the same position.
 struct Batch {
   std::vector<uint8_t*> buffers;
+  std::vector<SparseBatchPart> sparse;
   int64_t rows = 0;
   Batch() = default;
   Batch(Batch&& other) noexcept;
@@ -131,6 +136,7 @@ class Pipeline {
   int64_t epoch() const;
   int64_t step() const;
   const std::vector<ColumnLayout>& columns() const { return columns_; }
+  const SparseLayout& sparse_layout() const { return options_.sparse_layout; }
   PipelineStats stats() const;
 
  private:
@@ -141,6 +147,8 @@ class Pipeline {
 
   std::vector<ColumnLayout> columns_;
   std::vector<std::vector<std::unique_ptr<MappedFile>>> files_;  // [chunk][column]
+  std::vector<std::unique_ptr<SparseColumnFiles>> sparse_files_;  // entries of every sparse column of every chunk
+  std::vector<std::vector<SparseSource>> sparse_sources_;          // [column][chunk]; empty for dense columns
   BatchPlanner planner_;
   PipelineOptions options_;
   int64_t steps_per_epoch_;

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pyspark.sql import types as T
 
+from keras_spark import sparse as sparse_inputs
 from keras_spark.errors import BindingError, DataError
 
 _INTEGER_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
@@ -38,10 +39,11 @@ class ColumnBinding:
     dtype: str
     shape: tuple[int, ...]
     spark_type: str
+    sparse: bool = False  # a Spark ML vector kept as its non-zeros (keras_spark.sparse)
 
-    def core_spec(self, field_index: int) -> tuple[str, int, str, list[int]]:
-        """The (name, field index, dtype, shape) tuple the C++ core takes."""
-        return (self.column, field_index, self.dtype, list(self.shape))
+    def core_spec(self, field_index: int) -> tuple:
+        """The (name, field index, dtype, shape[, "sparse"]) tuple the C++ core takes."""
+        return (self.column, field_index, self.dtype, list(self.shape)) + (("sparse",) if self.sparse else ())
 
 
 def describe_type(data_type: T.DataType) -> str:
@@ -106,15 +108,18 @@ def bind_inputs(model, schema: T.StructType) -> list[ColumnBinding]:
                 )
             _column_or_error(schema, name, f"Keras input '{name}'")
         field = schema[name]
-        depth, _ = column_depth(field.dataType, name)
         shape = _input_shape(tensor.shape)
+        if sparse_inputs.is_sparse_input(tensor):
+            sparse_inputs.check_sparse_input(name, field.dataType, shape)
+        depth, _ = column_depth(field.dataType, name)
         _check_depth(name, field.dataType, depth, shape, name)
         dtype = str(tensor.dtype)
         if dtype not in SUPPORTED_DTYPES:
             raise BindingError(
                 f"Keras input '{name}' has dtype {dtype}; keras-spark feeds one of {SUPPORTED_DTYPES}"
             )
-        bindings.append(ColumnBinding(name, "input", name, dtype, shape, describe_type(field.dataType)))
+        bindings.append(ColumnBinding(name, "input", name, dtype, shape, describe_type(field.dataType),
+                                      sparse=sparse_inputs.is_sparse_input(tensor)))
     return bindings
 
 
