@@ -117,7 +117,7 @@ def test_jax_layout_pads_entries_with_zeros_to_a_few_sizes(tmp_path):
     structs, dense = random_vectors(203)
     p = pipeline(write_cache(tmp_path, structs), 203, batch_size=32, sparse_index_dtype="int32", sparse_pad=True)
     sizes = set()
-    for step in range(p.steps_per_epoch):
+    for _ in range(p.steps_per_epoch):
         (indices, values, shape), ids = p.next()
         real = np.count_nonzero(dense[ids])
         assert indices.dtype == np.int32 and real <= len(values) <= max(16, real * 1.125)
@@ -134,7 +134,7 @@ def vector(type_=0, size=6, indices=(1,), values=(1.0,)):
 
 
 BAD_ROWS = {
-    "an index past the size": (vector(indices=[2, 6], values=[1, 2]), "index 6 at row 1 is outside the vector's size 6"),
+    "an index past the size": (vector(indices=[2, 6], values=[1, 2]), "index 6 at row 1 is outside the size 6"),
     "a negative index": (vector(indices=[-1], values=[1]), "index -1 at row 1 is outside"),
     "unsorted indices": (vector(indices=[3, 2], values=[1, 2]), "at row 1 has index 2 after index 3"),
     "a repeated index": (vector(indices=[2, 2], values=[1, 2]), "at row 1 has index 2 after index 2"),
@@ -265,7 +265,7 @@ def test_the_batches_keras_gets_are_the_backends_sparse_tensors(spark):
 @needs_sparse_backend
 def test_sparse_index_past_the_size_stops_fit_naming_column_and_row(spark):
     df, _ = vector_frame(spark, 30, bad_row=17)
-    with pytest.raises(DataError, match=r"column 'x': sparse vector index 67 at row \d+ .*is outside the vector's size 64"):
+    with pytest.raises(DataError, match=r"column 'x': sparse vector index 67 at row \d+ .*is outside the size 64"):
         sparse_linear_model().fit(df, batch_size=8, epochs=1, verbose=0)
 
 

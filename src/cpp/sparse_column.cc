@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <stdexcept>
 
@@ -77,7 +78,7 @@ class SparseConverter {
       const int64_t index = index_items.integer(k);
       if (index < 0 || index >= width_)
         throw ColumnError("column '" + t_.name + "': sparse vector index " + std::to_string(index) + at(j) +
-                              " is outside the vector's size " + std::to_string(width_) + " (indices 0.." +
+                              " is outside the size " + std::to_string(width_) + " (indices 0.." +
                               std::to_string(width_ - 1) + "); fix the vectors in Spark", j);
       if (index <= previous)
         throw ColumnError("column '" + t_.name + "': sparse vector" + at(j) + " has index " + std::to_string(index) +
@@ -132,13 +133,13 @@ void convert_sparse_rows(const ArrowView& column, int64_t begin, int64_t end, Co
   if (target.shape.size() != 1)
     throw ColumnError("column '" + target.name + "': a sparse input's per-row shape must be (size,), not " +
                       target.shape_text());
+  if (target.shape[0] > std::numeric_limits<int32_t>::max())
+    throw ColumnError("column '" + target.name + "': a sparse input's size " + std::to_string(target.shape[0]) +
+                      " is past int32, the most a Spark ML vector holds");
   if (begin >= end) return;
   if (begin < 0 || end > column.length())
     throw ColumnError("column '" + target.name + "': internal: rows outside the array");
   if (target.shape[0] < 0) resolve_shape(column, begin, target);  // the first row's size
-  if (target.shape[0] > (int64_t{1} << 31))
-    throw ColumnError("column '" + target.name + "': a sparse input's size " + std::to_string(target.shape[0]) +
-                      " is past int32, the most a Spark ML vector holds");
   out.ends.reserve(static_cast<size_t>(end - begin));
   SparseConverter converter(column, target, out);
   for (int64_t j = begin; j < end; ++j) converter.row(j);
