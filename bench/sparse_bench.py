@@ -1,6 +1,6 @@
 """Sparse kept sparse: cache bytes and fit rows/s of a 262,144-wide vector column, sparse against densified.
 
-    python bench/sparse_bench.py [--rows 2000] [--epochs 4]      (KERAS_BACKEND=tensorflow or jax)
+    python bench/sparse_bench.py [--rows 2000] [--epochs 3]      (KERAS_BACKEND=tensorflow or jax)
 
 The data: `rows` Spark ML SparseVectors of size 262,144 (HashingTF's default) with ~50 non-zeros a
 row (45..55, uniform), a float label. The same DataFrame trains the same model twice: once with
@@ -80,7 +80,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     spark = spark_session("sparse_bench")
     df, nnz = sparse_frame(spark, args.rows, partitions=8)

@@ -376,7 +376,7 @@ def _shifted(case: Case, by: int) -> Case:
 
 def _densified(indices: np.ndarray, values: np.ndarray, shape, dtype: str) -> np.ndarray:
     out = np.zeros(shape, dtype)
-    out[indices[:, 0], indices[:, 1]] = values
+    np.add.at(out, (indices[:, 0], indices[:, 1]), values)  # padding entries, (0, 0) = 0, add nothing
     return out
 
 
@@ -386,13 +386,14 @@ def _row_named(message: str) -> str | None:
 
 
 @FUZZ
-@given(cases(vectors_only=True))
-def test_sparse_kind_densifies_to_to_dense_or_names_the_same_column_and_row(tmp_path_factory, fuzzed):
+@given(cases(vectors_only=True), st.booleans())
+def test_sparse_kind_densifies_to_to_dense_or_names_the_same_column_and_row(tmp_path_factory, fuzzed, jax_layout):
     """A sparse input's batches (to_sparse, and CacheWriter + Pipeline of kind "sparse") against to_dense,
     itself checked against NumPy above: the same values, or a ColumnError naming the same column and row."""
     case, array = fuzzed
-    convert = lambda fn: fn(*array.__arrow_c_array__(), COLUMN, case.target, case.declared,  # noqa: E731
-                            allow_non_finite=case.allow_non_finite)
+    layout = {"sparse_index_dtype": "int32", "sparse_pad": True} if jax_layout else {}
+    convert = lambda fn, **more: fn(*array.__arrow_c_array__(), COLUMN, case.target, case.declared,  # noqa: E731
+                                    allow_non_finite=case.allow_non_finite, **more)
     if case.declared[0] >= 2**31:  # no Spark ML vector is that wide: the declaration itself is refused
         with pytest.raises(_core.ColumnError, match=f"column '{COLUMN}': a sparse input's size .* is past int32"):
             convert(_core.to_sparse)
@@ -406,7 +407,7 @@ def test_sparse_kind_densifies_to_to_dense_or_names_the_same_column_and_row(tmp_
         assert _row_named(str(caught.value)) == _row_named(str(dense_error)), (str(caught.value), str(dense_error))
         event("outcome: sparse ColumnError, same row")
         return
-    indices, values, dense_shape = convert(_core.to_sparse)
+    indices, values, dense_shape = convert(_core.to_sparse, **layout)
     np.testing.assert_array_equal(_densified(indices, values, dense_shape, case.target), reference)
     if case.rows == 0:
         return
@@ -418,7 +419,7 @@ def test_sparse_kind_densifies_to_to_dense_or_names_the_same_column_and_row(tmp_
     summary = writer.finish()
     pipeline = _core.Pipeline([summary["files"]], [(case.target, summary["shapes"][0], "sparse")],
                               [[(0, 0, case.rows)]], batch_size=case.rows, shuffle=False, seed=0, cycle_length=1,
-                              num_threads=1, prefetch=2)
+                              num_threads=1, prefetch=2, **layout)
     [(indices, values, dense_shape)] = pipeline.next()
     pipeline.close()
     np.testing.assert_array_equal(_densified(indices, values, dense_shape, case.target), reference)

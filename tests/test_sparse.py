@@ -222,8 +222,9 @@ def test_fit_evaluate_and_predict_feed_sparse_batches(spark):
     keras.utils.set_random_seed(1)
     df, dense = vector_frame(spark, 240)
     model = sparse_linear_model()
-    history = model.fit(df, batch_size=32, epochs=8, verbose=0)
+    history = model.fit(df, batch_size=32, epochs=8, validation_data=df, verbose=0)
     assert history.history["loss"][-1] < 0.2 * history.history["loss"][0]
+    assert history.history["val_loss"][-1] < 0.2 * history.history["val_loss"][0]
     kernel, bias = model.layers[-1].get_weights()
     y = dense @ np.linspace(-1, 1, WIDTH).astype(np.float32)
     expected = dense @ kernel[:, 0] + bias[0]

@@ -391,7 +391,9 @@ Batch Pipeline::next() {
   stats_.consumer_wait_s += seconds_since(start);
   stats_.rows += batch.rows;
   stats_.batches += 1;
-  for (const ColumnLayout& c : columns_) stats_.bytes += static_cast<int64_t>(c.row_bytes()) * batch.rows;
+  for (size_t c = 0; c < columns_.size(); ++c)
+    stats_.bytes += columns_[c].sparse ? sparse_bytes(batch.sparse[c], columns_[c].dtype, options_.sparse_layout)
+                                       : static_cast<int64_t>(columns_[c].row_bytes()) * batch.rows;
   lock.unlock();
   space_cv_.notify_all();
   if (!done.empty()) release(done);

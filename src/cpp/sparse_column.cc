@@ -171,6 +171,10 @@ void SparseBatchPart::reset() {
   indices = values = nullptr;
 }
 
+int64_t sparse_bytes(const SparseBatchPart& part, DType dtype, const SparseLayout& layout) {
+  return part.capacity * (2 * layout.index_bytes + static_cast<int64_t>(dtype_size(dtype)));
+}
+
 int64_t padded_nnz(int64_t nnz) {
   if (nnz <= 16) return 16;
   int64_t octave = 1;

@@ -56,6 +56,9 @@ struct SparseBatchPart {
   void reset();
 };
 
+// Bytes of a batch part's arrays (padding included).
+int64_t sparse_bytes(const SparseBatchPart& part, DType dtype, const SparseLayout& layout);
+
 // nnz rounded up to a size of its own octave's eighth (at most 12.5% padding, a few distinct sizes).
 int64_t padded_nnz(int64_t nnz);
 
