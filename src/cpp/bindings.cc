@@ -129,7 +129,7 @@ nb::tuple to_sparse(nb::capsule schema_capsule, nb::capsule array_capsule, const
     const ArrowView view(schema, array, 0, array.length, name);
     SparseRows rows;
     convert_sparse_rows(view, 0, array.length, target, rows);
-    part = coo_of(rows, target.dtype, layout);
+    part = coo_of(rows, std::max<int64_t>(0, target.shape[0]), target.dtype, layout);
   }
   return sparse_arrays(part, array.length, target.shape[0] < 0 ? 0 : target.shape[0], target.dtype, layout);
 }

@@ -274,7 +274,8 @@ Batch Pipeline::gather(const std::vector<uint64_t>& rows) {
   for (size_t c = 0; c < columns_.size(); ++c) {
     if (columns_[c].sparse) {
       batch.buffers.push_back(nullptr);
-      batch.sparse[c] = gather_sparse(rows, kRowBits, sparse_sources_[c], columns_[c].dtype, options_.sparse_layout);
+      batch.sparse[c] = gather_sparse(rows, kRowBits, sparse_sources_[c], columns_[c].shape.at(0), columns_[c].dtype,
+                                      options_.sparse_layout);
       continue;
     }
     const size_t rb = columns_[c].row_bytes();

@@ -185,11 +185,12 @@ int64_t padded_nnz(int64_t nnz) {
 
 namespace {
 
-// A batch's arrays with room for `nnz` entries (padded per the layout); the padding is zeros.
-SparseBatchPart allocate_part(int64_t nnz, DType dtype, const SparseLayout& layout) {
+// A batch's arrays with room for `nnz` entries (padded per the layout where (0, 0) is inside the
+// batch's shape); the padding is zeros.
+SparseBatchPart allocate_part(int64_t nnz, int64_t rows, int64_t width, DType dtype, const SparseLayout& layout) {
   SparseBatchPart part;
   part.nnz = nnz;
-  part.capacity = layout.pad_to_bucket ? padded_nnz(nnz) : nnz;
+  part.capacity = layout.pad_to_bucket && rows > 0 && width > 0 ? padded_nnz(nnz) : nnz;
   const size_t index_bytes = static_cast<size_t>(part.capacity) * 2 * static_cast<size_t>(layout.index_bytes);
   const size_t value_bytes = static_cast<size_t>(part.capacity) * dtype_size(dtype);
   part.indices = allocate(index_bytes);
@@ -221,8 +222,8 @@ void put_row(SparseBatchPart& part, const SparseLayout& layout, int64_t row, con
 
 }  // namespace
 
-SparseBatchPart coo_of(const SparseRows& rows, DType dtype, const SparseLayout& layout) {
-  SparseBatchPart part = allocate_part(rows.nnz(), dtype, layout);
+SparseBatchPart coo_of(const SparseRows& rows, int64_t width, DType dtype, const SparseLayout& layout) {
+  SparseBatchPart part = allocate_part(rows.nnz(), static_cast<int64_t>(rows.ends.size()), width, dtype, layout);
   int64_t begin = 0;
   for (size_t i = 0; i < rows.ends.size(); ++i) {
     put_row(part, layout, static_cast<int64_t>(i), rows.indices.data(), rows.values.data(), dtype_size(dtype), begin,
@@ -300,8 +301,8 @@ RowEntries entries_of(const SparseSource& source, int64_t row, size_t value_byte
 
 }  // namespace
 
-SparseBatchPart gather_sparse(const std::vector<uint64_t>& rows, int row_bits,
-                              const std::vector<SparseSource>& chunks, DType dtype, const SparseLayout& layout) {
+SparseBatchPart gather_sparse(const std::vector<uint64_t>& rows, int row_bits, const std::vector<SparseSource>& chunks,
+                              int64_t width, DType dtype, const SparseLayout& layout) {
   const uint64_t mask = (uint64_t{1} << row_bits) - 1;
   const size_t value_bytes = dtype_size(dtype);
   std::vector<RowEntries> entries(rows.size());
@@ -312,7 +313,7 @@ SparseBatchPart gather_sparse(const std::vector<uint64_t>& rows, int row_bits,
     entries[i] = entries_of(chunks[chunk], static_cast<int64_t>(rows[i] & mask), value_bytes);
     nnz += entries[i].end - entries[i].begin;
   }
-  SparseBatchPart part = allocate_part(nnz, dtype, layout);
+  SparseBatchPart part = allocate_part(nnz, static_cast<int64_t>(rows.size()), width, dtype, layout);
   int64_t at = 0;
   for (size_t i = 0; i < rows.size(); ++i) {
     const SparseColumnFiles& files = *chunks[rows[i] >> row_bits].entries;

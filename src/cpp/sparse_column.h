@@ -43,7 +43,8 @@ struct SparseLayout {
 };
 
 // One sparse column of one batch: indices [capacity, 2], values [capacity]; entries past
-// nnz (padding) are index (0, 0), value 0, which add nothing to any sum or product.
+// nnz (padding) are index (0, 0), value 0, which add nothing to any sum or product (so a
+// batch with no rows or no columns, where (0, 0) is outside it, is never padded).
 struct SparseBatchPart {
   uint8_t* indices = nullptr;
   uint8_t* values = nullptr;
@@ -62,8 +63,8 @@ int64_t sparse_bytes(const SparseBatchPart& part, DType dtype, const SparseLayou
 // nnz rounded up to a size of its own octave's eighth (at most 12.5% padding, a few distinct sizes).
 int64_t padded_nnz(int64_t nnz);
 
-// CSR rows -> a batch's COO arrays.
-SparseBatchPart coo_of(const SparseRows& rows, DType dtype, const SparseLayout& layout);
+// CSR rows of `width` columns -> a batch's COO arrays.
+SparseBatchPart coo_of(const SparseRows& rows, int64_t width, DType dtype, const SparseLayout& layout);
 
 // Appends converted rows to the .indices and .values files; the end offsets (continuing the
 // earlier batches') go to the caller's offsets file as int64 a row.
@@ -104,9 +105,9 @@ struct SparseSource {
   const SparseColumnFiles* entries;
 };
 
-// Gathers `rows` (chunk << row_bits | row) of a sparse column into a batch's COO arrays.
-SparseBatchPart gather_sparse(const std::vector<uint64_t>& rows, int row_bits,
-                              const std::vector<SparseSource>& chunks, DType dtype, const SparseLayout& layout);
+// Gathers `rows` (chunk << row_bits | row) of a sparse column of `width` into a batch's COO arrays.
+SparseBatchPart gather_sparse(const std::vector<uint64_t>& rows, int row_bits, const std::vector<SparseSource>& chunks,
+                              int64_t width, DType dtype, const SparseLayout& layout);
 
 // Drops the pages of rows [start, start + count) of a chunk's entries (see MappedFile::release).
 void release_sparse(const SparseSource& source, int64_t start, int64_t count, DType dtype);
