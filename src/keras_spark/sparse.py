@@ -21,13 +21,19 @@ Example:
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 
 from keras_spark.errors import BindingError
 
 SPARSE_KIND = "sparse"
 _SPARSE_BACKENDS = ("tensorflow", "jax")
+
+
+def _backend() -> str:
+    # Imported here: the Spark pass's executors import this module (through extract) and need no backend.
+    import keras
+
+    return keras.backend.backend()
 
 
 def is_sparse_input(tensor) -> bool:
@@ -37,7 +43,7 @@ def is_sparse_input(tensor) -> bool:
 
 def check_sparse_input(name: str, spark_type, shape: tuple[int, ...]) -> None:
     """The rules a sparse input's column obeys, checked on the schema before Spark runs."""
-    backend = keras.backend.backend()
+    backend = _backend()
     if backend not in _SPARSE_BACKENDS:
         raise BindingError(
             f"Keras input '{name}' is sparse=True, but the {backend} backend has no sparse tensors in Keras; "
@@ -70,14 +76,14 @@ def has_sparse(columns) -> bool:
 
 def core_layout() -> dict:
     """The core's sparse batch layout for the active backend (keywords of Pipeline and to_sparse)."""
-    if keras.backend.backend() == "jax":
+    if _backend() == "jax":
         return {"sparse_index_dtype": "int32", "sparse_pad": True}
     return {"sparse_index_dtype": "int64", "sparse_pad": False}
 
 
 def to_tensor(indices: np.ndarray, values: np.ndarray, dense_shape: tuple[int, int]):
     """The core's COO arrays as the active backend's sparse tensor."""
-    if keras.backend.backend() == "jax":
+    if _backend() == "jax":
         from jax.experimental import sparse as jax_sparse
 
         return jax_sparse.BCOO((values, indices), shape=tuple(dense_shape))
