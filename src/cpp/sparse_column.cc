@@ -212,6 +212,7 @@ void put_entries(Index* out, int64_t row, const int32_t* columns, int64_t begin,
 
 void put_row(SparseBatchPart& part, const SparseLayout& layout, int64_t row, const int32_t* columns,
              const uint8_t* values, size_t value_bytes, int64_t begin, int64_t end, int64_t at) {
+  if (end <= begin) return;  // an empty row (its files or vectors may have no buffer at all)
   if (layout.index_bytes == 8)
     put_entries(reinterpret_cast<int64_t*>(part.indices), row, columns, begin, end, at);
   else
