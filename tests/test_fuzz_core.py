@@ -279,10 +279,11 @@ def _out_of_range_value(leaf: str, target: str):
 
 
 @st.composite
-def cases(draw):
-    depth = draw(st.integers(0, 3))
+def cases(draw, vectors_only: bool = False):
+    """A fuzzed case; `vectors_only`: a column of vectors, not in lists nor a dictionary (a sparse input's)."""
+    depth = 0 if vectors_only else draw(st.integers(0, 3))
     levels = [(draw(st.sampled_from(["list", "large", "fixed"])), draw(st.integers(0, 3))) for _ in range(depth)]
-    vector = draw(st.sampled_from([None, None, None, "dense", "sparse"]))
+    vector = draw(st.sampled_from(["dense", "sparse"] if vectors_only else [None, None, None, "dense", "sparse"]))
     leaf = "float64" if vector else draw(st.sampled_from(LEAVES))
     dims = [length for _, length in levels] + ([draw(st.integers(0, 4))] if vector else [])
     pre, rows, post = draw(st.integers(0, 3)), draw(st.integers(0, 6)), draw(st.integers(0, 3))
@@ -291,11 +292,14 @@ def cases(draw):
     can_vary = any(name != "fixed" for name, _ in levels) or vector
     if rows == 0 or (defect == "length" and not can_vary):
         defect = "none"
-    case = Case(levels, vector, leaf, values, pre, rows, draw(st.booleans()), draw(st.sampled_from(TARGETS)),
+    dictionary = False if vectors_only else draw(st.booleans())
+    case = Case(levels, vector, leaf, values, pre, rows, dictionary, draw(st.sampled_from(TARGETS)),
                 [], draw(st.booleans()), defect, draw(st.integers(0, max(0, rows - 1))))
     if defect in ("nonfinite", "range"):
         case.defect = _put_value_defect(case, draw)
     case.declared = _declared(draw, dims, case.defect)
+    if vectors_only and len(case.declared) != 1:  # a sparse input has shape (size,)
+        case.declared = [draw(st.sampled_from([dims[0], -1]))]
     array = _arrow_array(case, draw)
     event(f"kind: {case.kind()}")
     event(f"defect: {case.defect}")
@@ -368,3 +372,55 @@ def _shifted(case: Case, by: int) -> Case:
     row = case.defect_row - by
     return Case(case.levels, case.vector, case.leaf, case.values, case.pre + by, case.rows - by, case.dictionary,
                 case.target, case.declared, case.allow_non_finite, case.defect if row >= 0 else "none", max(row, 0))
+
+
+def _densified(indices: np.ndarray, values: np.ndarray, shape, dtype: str) -> np.ndarray:
+    out = np.zeros(shape, dtype)
+    np.add.at(out, (indices[:, 0], indices[:, 1]), values)  # padding entries, (0, 0) = 0, add nothing
+    return out
+
+
+def _row_named(message: str) -> str | None:
+    found = re.search(r"at row (\d+)", message)
+    return found.group(1) if found else None
+
+
+@FUZZ
+@given(cases(vectors_only=True), st.booleans())
+def test_sparse_kind_densifies_to_to_dense_or_names_the_same_column_and_row(tmp_path_factory, fuzzed, jax_layout):
+    """A sparse input's batches (to_sparse, and CacheWriter + Pipeline of kind "sparse") against to_dense,
+    itself checked against NumPy above: the same values, or a ColumnError naming the same column and row."""
+    case, array = fuzzed
+    layout = {"sparse_index_dtype": "int32", "sparse_pad": True} if jax_layout else {}
+    convert = lambda fn, **more: fn(*array.__arrow_c_array__(), COLUMN, case.target, case.declared,  # noqa: E731
+                                    allow_non_finite=case.allow_non_finite, **more)
+    if case.declared[0] >= 2**31:  # no Spark ML vector is that wide: the declaration itself is refused
+        with pytest.raises(_core.ColumnError, match=f"column '{COLUMN}': a sparse input's size .* is past int32"):
+            convert(_core.to_sparse)
+        return
+    try:
+        reference, shape = convert(_core.to_dense)
+    except _core.ColumnError as dense_error:
+        with pytest.raises(_core.ColumnError) as caught:
+            convert(_core.to_sparse)
+        assert f"column '{COLUMN}'" in str(caught.value)
+        assert _row_named(str(caught.value)) == _row_named(str(dense_error)), (str(caught.value), str(dense_error))
+        event("outcome: sparse ColumnError, same row")
+        return
+    indices, values, dense_shape = convert(_core.to_sparse, **layout)
+    np.testing.assert_array_equal(_densified(indices, values, dense_shape, case.target), reference)
+    if case.rows == 0:
+        return
+    directory = tmp_path_factory.mktemp("sparse")
+    batch = pa.RecordBatch.from_arrays([pa.array(np.zeros(len(array), np.int32)), array], ["pid", COLUMN])
+    writer = _core.CacheWriter(str(directory / "chunk"), [(COLUMN, 1, case.target, case.declared, "sparse")], 0,
+                               allow_non_finite=case.allow_non_finite)
+    writer.write(*batch.__arrow_c_array__())
+    summary = writer.finish()
+    pipeline = _core.Pipeline([summary["files"]], [(case.target, summary["shapes"][0], "sparse")],
+                              [[(0, 0, case.rows)]], batch_size=case.rows, shuffle=False, seed=0, cycle_length=1,
+                              num_threads=1, prefetch=2, **layout)
+    [(indices, values, dense_shape)] = pipeline.next()
+    pipeline.close()
+    np.testing.assert_array_equal(_densified(indices, values, dense_shape, case.target), reference)
+    event("outcome: sparse values equal")

@@ -15,6 +15,7 @@
 #include "columns.h"
 #include "pipeline.h"
 #include "ragged_column.h"
+#include "sparse_column.h"
 
 namespace nb = nanobind;
 using namespace keras_spark;
@@ -63,6 +64,32 @@ ImageFit image_fit_of(const std::string& dtype) {
   if (fit == "resize") return ImageFit::Resize;
   if (fit == "center_crop") return ImageFit::CenterCrop;
   throw ColumnError("unknown image fit '" + fit + "'; expected exact, resize or center_crop");
+}
+
+// A sparse column's batch as (indices [n, 2], values [n], (rows, width)), the arrays owning the C++ buffers.
+nb::tuple sparse_arrays(SparseBatchPart& part, int64_t rows, int64_t width, DType dtype, const SparseLayout& layout) {
+  const std::vector<int64_t> pair{2};
+  const DType index = layout.index_bytes == 8 ? DType::Int64 : DType::Int32;
+  nb::object indices = owned_array(part.indices, part.capacity, pair, index);
+  part.indices = nullptr;
+  nb::object values = owned_array(part.values, part.capacity, {}, dtype);
+  part.values = nullptr;
+  return nb::make_tuple(indices, values, nb::make_tuple(rows, width));
+}
+
+SparseLayout sparse_layout_of(const std::string& index_dtype, bool pad) {
+  if (index_dtype != "int64" && index_dtype != "int32")
+    throw std::invalid_argument("sparse_index_dtype must be 'int64' or 'int32', not '" + index_dtype + "'");
+  return SparseLayout{index_dtype == "int64" ? 8 : 4, pad};
+}
+
+// A column spec's optional last element: its kind ("dense" or "sparse").
+bool is_sparse_kind(const nb::tuple& spec, size_t plain_size) {
+  if (spec.size() == plain_size) return false;
+  if (spec.size() != plain_size + 1) throw std::invalid_argument("a column spec has the wrong number of elements");
+  const std::string kind = nb::cast<std::string>(spec[plain_size]);
+  if (kind != "dense" && kind != "sparse") throw std::invalid_argument("unknown column kind '" + kind + "'");
+  return kind == "sparse";
 }
 
 ColumnTarget target_of(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
@@ -158,11 +185,28 @@ nb::tuple to_padded(nb::capsule schema_capsule, nb::capsule array_capsule, const
                         owned_array(lengths, array.length, {}, DType::Int64));
 }
 
+nb::tuple to_sparse(nb::capsule schema_capsule, nb::capsule array_capsule, const std::string& name,
+                    const std::string& dtype, const std::vector<int64_t>& shape, bool allow_non_finite,
+                    const std::string& index_dtype, bool pad) {
+  const ArrowSchema& schema = from_capsule<ArrowSchema>(schema_capsule, "arrow_schema");
+  const ArrowArray& array = from_capsule<ArrowArray>(array_capsule, "arrow_array");
+  ColumnTarget target = target_of(name, dtype, shape, allow_non_finite);
+  const SparseLayout layout = sparse_layout_of(index_dtype, pad);
+  SparseBatchPart part;
+  {
+    nb::gil_scoped_release release;
+    const ArrowView view(schema, array, 0, array.length, name);
+    SparseRows rows;
+    convert_sparse_rows(view, 0, array.length, target, rows);
+    part = coo_of(rows, std::max<int64_t>(0, target.shape[0]), target.dtype, layout);
+  }
+  return sparse_arrays(part, array.length, target.shape[0] < 0 ? 0 : target.shape[0], target.dtype, layout);
+}
+
 class PyCacheWriter {
  public:
-  PyCacheWriter(const std::string& prefix, const std::vector<std::tuple<std::string, int, std::string,
-                                                                        std::vector<int64_t>>>& columns,
-                int partition_field, bool allow_non_finite, const std::vector<RaggedWrite>& ragged)
+  PyCacheWriter(const std::string& prefix, const std::vector<nb::tuple>& columns, int partition_field,
+                bool allow_non_finite, const std::vector<RaggedWrite>& ragged)
       : writer_(prefix, make_columns(columns, allow_non_finite, ragged), partition_field) {}
 
   void write(nb::capsule schema_capsule, nb::capsule array_capsule) {
@@ -189,12 +233,16 @@ class PyCacheWriter {
   }
 
  private:
-  static std::vector<CacheColumn> make_columns(
-      const std::vector<std::tuple<std::string, int, std::string, std::vector<int64_t>>>& columns, bool allow,
-      const std::vector<RaggedWrite>& ragged) {
+  // (name, field index, dtype, shape[, kind]) a column.
+  static std::vector<CacheColumn> make_columns(const std::vector<nb::tuple>& columns, bool allow,
+                                               const std::vector<RaggedWrite>& ragged) {
     std::vector<CacheColumn> out;
-    for (const auto& [name, field, dtype, shape] : columns)
-      out.push_back({target_of(name, dtype, shape, allow), field});
+    for (const nb::tuple& c : columns) {
+      const bool sparse = is_sparse_kind(c, 4);
+      out.push_back({target_of(nb::cast<std::string>(c[0]), nb::cast<std::string>(c[2]),
+                               nb::cast<std::vector<int64_t>>(c[3]), allow),
+                     nb::cast<int>(c[1]), sparse});
+    }
     for (const auto& [column, strings, max_length] : ragged) {
       CacheColumn& c = out.at(static_cast<size_t>(column));
       c.ragged = true;
@@ -207,14 +255,14 @@ class PyCacheWriter {
 
 class PyPipeline {
  public:
-  PyPipeline(const std::vector<std::vector<std::string>>& chunk_files,
-             const std::vector<std::tuple<std::string, std::vector<int64_t>>>& columns,
+  PyPipeline(const std::vector<std::vector<std::string>>& chunk_files, const std::vector<nb::tuple>& columns,
              const std::vector<std::vector<std::tuple<int64_t, int64_t, int64_t>>>& partitions, int64_t batch_size,
              bool shuffle, uint64_t seed, int cycle_length, int num_threads, int prefetch, int64_t first_epoch,
-             const std::vector<RaggedPad>& ragged, int bucket_column, const std::vector<int64_t>& bucket_boundaries)
+             const std::vector<RaggedPad>& ragged, int bucket_column, const std::vector<int64_t>& bucket_boundaries,
+             const std::string& sparse_index_dtype, bool sparse_pad)
       : pipeline_(chunk_files, layouts(columns, ragged), segments(partitions),
                   PipelineOptions{batch_size, shuffle, seed, cycle_length, num_threads, prefetch, first_epoch,
-                                  bucket_column, bucket_boundaries}) {}
+                                  bucket_column, bucket_boundaries, sparse_layout_of(sparse_index_dtype, sparse_pad)}) {}
 
   nb::list next() {
     Batch batch;
@@ -225,6 +273,11 @@ class PyPipeline {
     nb::list out;
     const auto& columns = pipeline_.columns();
     for (size_t c = 0; c < columns.size(); ++c) {
+      if (columns[c].sparse) {
+        out.append(sparse_arrays(batch.sparse[c], batch.rows, columns[c].shape.at(0), columns[c].dtype,
+                                 pipeline_.sparse_layout()));
+        continue;
+      }
       uint8_t* data = batch.buffers[c];
       batch.buffers[c] = nullptr;  // the NumPy array owns it from here
       if (columns[c].pad) {  // ragged: this batch's padded length, then the per-step shape (strings: bytes)
@@ -260,10 +313,14 @@ class PyPipeline {
   Pipeline pipeline_;
 
  private:
-  static std::vector<ColumnLayout> layouts(const std::vector<std::tuple<std::string, std::vector<int64_t>>>& cols,
-                                          const std::vector<RaggedPad>& ragged) {
+  // (dtype, shape[, kind]) a column.
+  static std::vector<ColumnLayout> layouts(const std::vector<nb::tuple>& cols, const std::vector<RaggedPad>& ragged) {
     std::vector<ColumnLayout> out;
-    for (const auto& [dtype, shape] : cols) out.push_back({parse_dtype(dtype), shape, nullptr});
+    for (const nb::tuple& c : cols) {
+      ColumnLayout layout{parse_dtype(nb::cast<std::string>(c[0])), nb::cast<std::vector<int64_t>>(c[1]), nullptr};
+      layout.sparse = is_sparse_kind(c, 2);
+      out.push_back(std::move(layout));
+    }
     for (const RaggedPad& spec : ragged) {
       ColumnLayout& c = out.at(static_cast<size_t>(std::get<0>(spec)));
       c.pad = std::make_shared<const PadSpec>(pad_spec_of(spec, c.dtype, c.shape));
@@ -288,6 +345,12 @@ NB_MODULE(_core, m) {
   m.doc() = "keras-spark's C++ core: Arrow columns to dense tensors, the local cache, the batch pipeline.";
   nb::exception<ColumnError>(m, "ColumnError", PyExc_ValueError);
 
+  m.def("to_sparse", &to_sparse, nb::arg("schema_capsule"), nb::arg("array_capsule"), nb::arg("name"),
+        nb::arg("dtype"), nb::arg("shape"), nb::kw_only(), nb::arg("allow_non_finite") = false,
+        nb::arg("sparse_index_dtype") = "int64", nb::arg("sparse_pad") = false,
+        "One Arrow Spark ML vector column -> (indices [n, 2], values [n], (rows, width)): its non-zeros as COO.\n\n"
+        "sparse_pad pads n to one of a few sizes with entries (0, 0) = 0 (JAX compiles one step per shape).");
+
   m.def("to_dense", &to_dense, nb::arg("schema_capsule"), nb::arg("array_capsule"), nb::arg("name"),
         nb::arg("dtype"), nb::arg("shape"), nb::kw_only(), nb::arg("allow_non_finite") = false,
         "One Arrow column -> (dense NumPy array of shape (rows, *shape), resolved shape).\n\n"
@@ -300,25 +363,27 @@ NB_MODULE(_core, m) {
         "a fixed length raises ColumnError unless truncate.");
 
   nb::class_<PyCacheWriter>(m, "CacheWriter")
-      .def(nb::init<const std::string&,
-                    const std::vector<std::tuple<std::string, int, std::string, std::vector<int64_t>>>&, int,
-                    bool, const std::vector<RaggedWrite>&>(),
+      .def(nb::init<const std::string&, const std::vector<nb::tuple>&, int, bool, const std::vector<RaggedWrite>&>(),
            nb::arg("path_prefix"), nb::arg("columns"), nb::arg("partition_column"), nb::kw_only(),
            nb::arg("allow_non_finite") = false, nb::arg("ragged") = std::vector<RaggedWrite>{},
-           "Writes the (name, field index, dtype, shape) columns of record batches to dense cache files.")
+           "Writes the (name, field index, dtype, shape[, kind]) columns of record batches to cache files;\n"
+           "kind 'sparse' keeps a Spark ML vector column as its non-zeros.")
       .def("write", &PyCacheWriter::write, nb::arg("schema_capsule"), nb::arg("array_capsule"))
       .def("finish", &PyCacheWriter::finish);
 
   nb::class_<PyPipeline>(m, "Pipeline")
-      .def(nb::init<const std::vector<std::vector<std::string>>&,
-                    const std::vector<std::tuple<std::string, std::vector<int64_t>>>&,
+      .def(nb::init<const std::vector<std::vector<std::string>>&, const std::vector<nb::tuple>&,
                     const std::vector<std::vector<std::tuple<int64_t, int64_t, int64_t>>>&, int64_t, bool, uint64_t,
-                    int, int, int, int64_t, const std::vector<RaggedPad>&, int, const std::vector<int64_t>&>(),
+                    int, int, int, int64_t, const std::vector<RaggedPad>&, int, const std::vector<int64_t>&,
+                    const std::string&, bool>(),
            nb::arg("chunk_files"), nb::arg("columns"), nb::arg("partitions"), nb::kw_only(), nb::arg("batch_size"),
            nb::arg("shuffle"), nb::arg("seed"), nb::arg("cycle_length"), nb::arg("num_threads"),
            nb::arg("prefetch"), nb::arg("first_epoch") = 0, nb::arg("ragged") = std::vector<RaggedPad>{},
            nb::arg("bucket_column") = -1, nb::arg("bucket_boundaries") = std::vector<int64_t>{},
-           "Endless shuffled, interleaved batches of the cached columns, gathered on background threads.")
+           nb::arg("sparse_index_dtype") = "int64",
+           nb::arg("sparse_pad") = false,
+           "Endless shuffled, interleaved batches of the (dtype, shape[, kind]) cached columns, gathered on\n"
+           "background threads; a 'sparse' column comes as (indices [n, 2], values [n], (rows, width)).")
       .def("next", &PyPipeline::next)
       .def("stats", &PyPipeline::stats)
       .def("close", &PyPipeline::close)

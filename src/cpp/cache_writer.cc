@@ -16,6 +16,7 @@ CacheWriter::CacheWriter(std::string path_prefix, std::vector<CacheColumn> colum
     std::setvbuf(f, nullptr, _IOFBF, 1 << 20);
     files_.push_back(f);
     offsets_.emplace_back(columns_[i].ragged ? new RaggedOffsetsWriter(offsets_path(paths_.back())) : nullptr);
+    sparse_writers_.push_back(columns_[i].sparse ? std::make_unique<SparseColumnWriter>(paths_.back()) : nullptr);
   }
 }
 
@@ -92,9 +93,13 @@ void CacheWriter::write(const ArrowSchema& schema, const ArrowArray& batch) {
       } else {
         const ArrowView view(*schema.children[col.field_index], *batch.children[col.field_index], batch.offset, n,
                              col.target.name);
-        resolve_shape(view, 0, col.target);
-        buffer_.resize(col.target.bytes_for(n));
-        convert_rows(view, 0, n, col.target, buffer_.data());
+        if (sparse_writers_[c]) {  // entries to its own files; the rows' end offsets to this column's file
+          sparse_writers_[c]->write(view, n, col.target, buffer_);
+        } else {
+          resolve_shape(view, 0, col.target);
+          buffer_.resize(col.target.bytes_for(n));
+          convert_rows(view, 0, n, col.target, buffer_.data());
+        }
       }
     } catch (const ColumnError& e) {
       if (e.row < 0) throw;
@@ -118,6 +123,8 @@ CacheSummary CacheWriter::finish() {
   if (!finished_) {
     for (size_t c = 0; c < files_.size(); ++c)
       if (std::fflush(files_[c]) != 0) throw std::runtime_error("cannot write cache file " + paths_[c]);
+    for (auto& sparse : sparse_writers_)
+      if (sparse) sparse->finish();
     close_files();
     for (auto& offsets : offsets_)
       if (offsets) offsets->finish();

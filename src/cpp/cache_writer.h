@@ -10,12 +10,14 @@
 
 #include "columns.h"
 #include "ragged_column.h"
+#include "sparse_column.h"
 
 namespace keras_spark {
 
 struct CacheColumn {
   ColumnTarget target;
   int field_index;  // position of the column in the record batch
+  bool sparse = false;  // a vector kept as its non-zeros (sparse_column.h)
   bool ragged = false;  // values + offsets files (ragged_column.h), not a dense file
   RaggedSpec ragged_spec;
 };
@@ -54,6 +56,7 @@ class CacheWriter {
   int partition_field_;
   std::vector<std::string> paths_;
   std::vector<std::FILE*> files_;
+  std::vector<std::unique_ptr<SparseColumnWriter>> sparse_writers_;  // per column; null for dense
   std::vector<uint8_t> buffer_;
   std::vector<std::unique_ptr<RaggedOffsetsWriter>> offsets_;  // per column; null for dense ones
   RaggedRows ragged_rows_;

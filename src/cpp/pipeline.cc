@@ -37,6 +37,7 @@ uint8_t* allocate(size_t bytes) {
 }  // namespace
 
 size_t ColumnLayout::row_bytes() const {
+  if (sparse) return sizeof(int64_t);  // the row's end offset
   int64_t n = static_cast<int64_t>(dtype_size(dtype));
   for (int64_t d : shape)
     if (d < 0 || __builtin_mul_overflow(n, d, &n))
@@ -45,13 +46,14 @@ size_t ColumnLayout::row_bytes() const {
 }
 
 Batch::Batch(Batch&& other) noexcept
-    : buffers(std::move(other.buffers)), rows(other.rows), lengths(std::move(other.lengths)),
-      real_steps(other.real_steps), padded_steps(other.padded_steps) {
+    : buffers(std::move(other.buffers)), sparse(std::move(other.sparse)), rows(other.rows),
+      lengths(std::move(other.lengths)), real_steps(other.real_steps), padded_steps(other.padded_steps) {
   other.buffers.clear();
 }
 Batch& Batch::operator=(Batch&& other) noexcept {
   for (uint8_t* b : buffers) std::free(b);
   buffers = std::move(other.buffers);
+  sparse = std::move(other.sparse);
   other.buffers.clear();
   rows = other.rows;
   lengths = std::move(other.lengths);
@@ -246,6 +248,12 @@ Pipeline::Pipeline(const std::vector<std::vector<std::string>>& chunk_files, std
     files_.push_back(std::move(mapped));
   }
   map_ragged(chunk_files);
+  sparse_sources_.resize(columns_.size());
+  for (size_t c = 0; c < columns_.size(); ++c)
+    for (size_t chunk = 0; columns_[c].sparse && chunk < files_.size(); ++chunk) {
+      sparse_files_.push_back(std::make_unique<SparseColumnFiles>(chunk_files[chunk][c]));
+      sparse_sources_[c].push_back({files_[chunk][c].get(), sparse_files_.back().get()});
+    }
   check_segments(planner_.partition_count());
   const int b = options_.bucket_column;
   if (b >= 0) {
@@ -341,7 +349,14 @@ Batch Pipeline::gather(const std::vector<uint64_t>& rows) {
   batch.rows = static_cast<int64_t>(rows.size());
   batch.buffers.reserve(columns_.size());
   batch.lengths.assign(columns_.size(), -1);
+  batch.sparse.resize(columns_.size());
   for (size_t c = 0; c < columns_.size(); ++c) {
+    if (columns_[c].sparse) {
+      batch.buffers.push_back(nullptr);
+      batch.sparse[c] = gather_sparse(rows, kRowBits, sparse_sources_[c], columns_[c].shape.at(0), columns_[c].dtype,
+                                      options_.sparse_layout);
+      continue;
+    }
     if (columns_[c].pad) {
       const PaddedBatch padded = gather_padded(*columns_[c].pad, ragged_[c], rows.data(), rows.size(), kRowBits);
       batch.buffers.push_back(padded.data);
@@ -406,6 +421,7 @@ void Pipeline::release(const std::vector<size_t>& partitions) const {
         }
         const size_t rb = columns_[c].row_bytes();
         files_[s.chunk][c]->release(static_cast<size_t>(s.start) * rb, static_cast<size_t>(s.count) * rb);
+        if (columns_[c].sparse) release_sparse(sparse_sources_[c][s.chunk], s.start, s.count, columns_[c].dtype);
       }
 }
 
@@ -472,8 +488,9 @@ Batch Pipeline::next() {
   stats_.rows += batch.rows;
   stats_.batches += 1;
   for (size_t c = 0; c < columns_.size(); ++c)
-    stats_.bytes += columns_[c].pad ? batch.lengths[c] * static_cast<int64_t>(columns_[c].pad->step_bytes) * batch.rows
-                                    : static_cast<int64_t>(columns_[c].row_bytes()) * batch.rows;
+    stats_.bytes += columns_[c].sparse ? sparse_bytes(batch.sparse[c], columns_[c].dtype, options_.sparse_layout)
+                    : columns_[c].pad ? batch.lengths[c] * static_cast<int64_t>(columns_[c].pad->step_bytes) * batch.rows
+                                      : static_cast<int64_t>(columns_[c].row_bytes()) * batch.rows;
   stats_.real_steps += batch.real_steps;
   stats_.padded_steps += batch.padded_steps;
   lock.unlock();

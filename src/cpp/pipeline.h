@@ -22,6 +22,7 @@
 
 #include "columns.h"
 #include "ragged_column.h"
+#include "sparse_column.h"
 
 namespace keras_spark {
 
@@ -35,6 +36,7 @@ struct ColumnLayout {
   DType dtype;
   std::vector<int64_t> shape;  // resolved per-row shape
   std::shared_ptr<const PadSpec> pad;  // a ragged column (values + offsets files), padded per batch
+  bool sparse = false;         // its file holds each row's end offset; entries beside it (sparse_column.h)
   size_t row_bytes() const;
 };
 
@@ -48,11 +50,14 @@ struct PipelineOptions {
   int64_t first_epoch = 0;
   int bucket_column = -1;  // a ragged column whose row lengths group rows into buckets
   std::vector<int64_t> bucket_boundaries;
+  SparseLayout sparse_layout;  // how sparse columns' batches are laid out for the backend
 };
 
-// A batch: one buffer per column (the caller takes ownership of each), `rows` rows each.
+// A batch: one buffer per column (the caller takes ownership of each), `rows` rows each;
+// a sparse column's buffer is null and its arrays are in `sparse` at the same position.
 struct Batch {
   std::vector<uint8_t*> buffers;
+  std::vector<SparseBatchPart> sparse;
   int64_t rows = 0;
   std::vector<int64_t> lengths;  // per column: a ragged column's padded length, else -1
   int64_t real_steps = 0, padded_steps = 0;  // ragged columns' steps holding values / in all
@@ -150,6 +155,7 @@ class Pipeline {
   int64_t epoch() const;
   int64_t step() const;
   const std::vector<ColumnLayout>& columns() const { return columns_; }
+  const SparseLayout& sparse_layout() const { return options_.sparse_layout; }
   PipelineStats stats() const;
 
  private:
@@ -163,6 +169,8 @@ class Pipeline {
   std::vector<std::vector<std::unique_ptr<MappedFile>>> offsets_files_;  // [chunk][column]; ragged columns only
   std::vector<std::vector<RaggedChunk>> ragged_;  // [column][chunk]; ragged columns only
   void map_ragged(const std::vector<std::vector<std::string>>& chunk_files);
+  std::vector<std::unique_ptr<SparseColumnFiles>> sparse_files_;  // entries of every sparse column of every chunk
+  std::vector<std::vector<SparseSource>> sparse_sources_;          // [column][chunk]; empty for dense columns
   BatchPlanner planner_;
   PipelineOptions options_;
   int64_t steps_per_epoch_;

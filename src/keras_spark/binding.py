@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pyspark.sql import types as T
 
+from keras_spark import sparse as sparse_inputs
 from keras_spark.errors import BindingError, DataError
 from keras_spark.images import check_image_input, image_fit, is_image_type
 
@@ -42,19 +43,20 @@ class ColumnBinding:
     kind: str = "dense"  # or "sequence" / "string": a ragged column (sequences.py)
     sequence: object = None  # sequences.SequenceOptions of a ragged column
     image: str | None = None  # an image column: "exact", "resize" or "center_crop" (images.py)
+    sparse: bool = False  # a Spark ML vector kept as its non-zeros (keras_spark.sparse)
 
     @property
     def core_dtype(self) -> str:
         """The dtype as the C++ core takes it: an image column's fit follows it (`uint8;image=resize`)."""
         return self.dtype if self.image is None else f"{self.dtype};image={self.image}"
 
-    def core_spec(self, field_index: int) -> tuple[str, int, str, list[int]]:
-        """The (name, field index, dtype, shape) tuple the C++ core takes."""
+    def core_spec(self, field_index: int) -> tuple:
+        """The (name, field index, dtype, shape[, "sparse" or ragged options]) tuple the C++ core takes."""
         if self.kind != "dense":
             from keras_spark import sequences
 
             return sequences.core_spec(self, field_index)
-        return (self.column, field_index, self.core_dtype, list(self.shape))
+        return (self.column, field_index, self.core_dtype, list(self.shape)) + (("sparse",) if self.sparse else ())
 
 
 def describe_type(data_type: T.DataType) -> str:
@@ -133,15 +135,18 @@ def bind_inputs(model, schema: T.StructType, image_resize: str | None = None) ->
         if ragged is not None:
             bindings.append(ragged)
             continue
-        depth, _ = column_depth(field.dataType, name)
         shape = _input_shape(tensor.shape)
+        if sparse_inputs.is_sparse_input(tensor):
+            sparse_inputs.check_sparse_input(name, field.dataType, shape)
+        depth, _ = column_depth(field.dataType, name)
         _check_depth(name, field.dataType, depth, shape, name)
         dtype = str(tensor.dtype)
         if dtype not in SUPPORTED_DTYPES:
             raise BindingError(
                 f"Keras input '{name}' has dtype {dtype}; keras-spark feeds one of {SUPPORTED_DTYPES}"
             )
-        bindings.append(ColumnBinding(name, "input", name, dtype, shape, describe_type(field.dataType)))
+        bindings.append(ColumnBinding(name, "input", name, dtype, shape, describe_type(field.dataType),
+                                      sparse=sparse_inputs.is_sparse_input(tensor)))
     return bindings
 
 

@@ -22,7 +22,7 @@ import threading
 import keras
 import numpy as np
 
-from keras_spark import _core, sequences
+from keras_spark import _core, sequences, sparse
 from keras_spark.shutdown import NativeHandle
 from keras_spark.spark.extract import CachedData
 from keras_spark.weights import class_weight_table, class_weights_of
@@ -77,7 +77,8 @@ class BatchFeed:
         # Gathering is memory-bound; by default the model's step keeps the other half of the cores.
         threads = num_threads or max(1, min(cycle, (os.cpu_count() or 2) // 2))
         self.batch_size = int(batch_size)
-        self.batches_per_pull = int(batches_per_pull)
+        # A pulled SparseTensor cannot be cut into batches by slicing: sparse feeds pull one batch at a time.
+        self.batches_per_pull = 1 if sparse.has_sparse(cached.column_specs()) else int(batches_per_pull)
         self._cached = cached
         self._options = (bool(shuffle), int(seed), cycle, threads, 2 * threads + 2)
         self._next_epoch = int(first_epoch)  # the epoch the next one-epoch reader serves
@@ -91,6 +92,7 @@ class BatchFeed:
         self.steps_per_epoch = math.ceil(cached.rows / self.batch_size)
         self.pulls_per_epoch = math.ceil(cached.rows / (self.batch_size * self.batches_per_pull))
         self.columns = cached.column_specs()
+        self._tensors = sparse.batch_converter(self.columns)
         names = [b.keras_name for b in cached.bindings]
         self._inputs = _packer(model.input, [names.index(t.name) for t in model.inputs])
         self.structure = (model.input,)
@@ -110,7 +112,7 @@ class BatchFeed:
         pipeline = _core.Pipeline(
             cached.chunk_files, cached.column_specs(), cached.partitions,
             batch_size=self.batch_size * self.batches_per_pull, shuffle=shuffle, seed=seed, cycle_length=cycle,
-            num_threads=threads, prefetch=prefetch, first_epoch=int(first_epoch),
+            num_threads=threads, prefetch=prefetch, first_epoch=int(first_epoch), **sparse.core_layout(),
             **sequences.pipeline_options(cached, self.batch_size * self.batches_per_pull),
         )
         # Closed with this feed or at exit, even when the fit using it never returns.
@@ -175,6 +177,7 @@ class BatchFeed:
 
     # -- batches ---------------------------------------------------------------------
     def pack(self, arrays):
+        arrays = self._tensors(arrays)
         if self._labels is None:
             return (self._inputs(arrays),)
         packed = (self._inputs(arrays), self._labels(arrays))
@@ -191,8 +194,8 @@ class BatchFeed:
         """The structure of one pulled batch as `tf.TensorSpec`s (TensorFlow backend)."""
         import tensorflow as tf
 
-        specs = [sequences.tensor_spec(b, dtype, shape)
-                 for b, (dtype, shape) in zip(self._cached.bindings, self.columns, strict=True)]
+        specs = [sparse.tensor_spec(column) if sparse.has_sparse([column]) else sequences.tensor_spec(b, *column)
+                 for b, column in zip(self._cached.bindings, self.columns, strict=True)]
         x_y = (self._inputs(specs),) if self._labels is None else (self._inputs(specs), self._labels(specs))
         if not self.weighted:
             return x_y
@@ -248,7 +251,9 @@ def _tf_dataset(feed: BatchFeed, endless: bool = False):
     # With a user's own steps_per_epoch, steps run on across passes (as with dataset.repeat()).
     source = (lambda: iter(feed)) if endless else feed.one_epoch
     dataset = tf.data.Dataset.from_generator(source, output_signature=feed.signature())
-    dataset = dataset.flat_map(split).prefetch(2 * feed.batches_per_pull)
+    if feed.batches_per_pull > 1:
+        dataset = dataset.flat_map(split)
+    dataset = dataset.prefetch(2 * feed.batches_per_pull)
     if endless:
         return dataset
     return dataset.apply(tf.data.experimental.assert_cardinality(feed.steps_per_epoch))

@@ -162,9 +162,11 @@ def core_spec(binding, field_index: int) -> tuple:
 
 def split_core_specs(columns) -> tuple[list, list]:
     """Core specs -> (the CacheWriter's 4-tuples, its `ragged` list)."""
-    specs = [tuple(c[:4]) for c in columns]
-    ragged = [(i, *c[4]) for i, c in enumerate(columns) if len(c) > 4]
-    return specs, ragged
+    def ragged(column) -> bool:  # a sparse column's fifth element is its kind, "sparse"
+        return len(column) > 4 and isinstance(column[4], tuple)
+
+    specs = [tuple(c[:4]) if ragged(c) else tuple(c) for c in columns]
+    return specs, [(i, *c[4]) for i, c in enumerate(columns) if ragged(c)]
 
 
 def core_column(binding, shape) -> tuple[str, list[int]]:

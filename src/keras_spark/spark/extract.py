@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import functions as F
 
-from keras_spark import _core, scratch, sequences
+from keras_spark import _core, scratch, sequences, sparse
 from keras_spark.binding import ColumnBinding
 from keras_spark.errors import DataError
 from keras_spark.spark import session
@@ -55,8 +55,10 @@ class CachedData:
     rows: int
     path: str = EXECUTORS_WROTE  # how the rows reached the cache: EXECUTORS_WROTE, CLIENT_WROTE or both
 
-    def column_specs(self) -> list[tuple[str, list[int]]]:
-        return [sequences.core_column(b, s) for b, s in zip(self.bindings, self.shapes, strict=True)]
+    def column_specs(self) -> list[tuple]:
+        """(dtype, shape) a column as the core's Pipeline takes them; ("sparse" last for a sparse one)."""
+        return [sparse.layout_spec(*sequences.core_column(b, s), b.sparse)
+                for b, s in zip(self.bindings, self.shapes, strict=True)]
 
     def row_bytes(self) -> int:
         """Bytes of one row across all cached columns."""

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import types as T
 
-from keras_spark import sequences
+from keras_spark import sequences, sparse
 from keras_spark.binding import ColumnBinding
 from keras_spark.spark.session import ship_bytes
 
@@ -119,6 +119,9 @@ def _dense_inputs(batch: pa.RecordBatch, bindings: list[ColumnBinding]) -> tuple
     arrays, row_lengths = [], None
     for b in bindings:
         column = batch.column(batch.schema.get_field_index(b.column))
+        if b.sparse:  # converted a scoring chunk at a time, to the backend's sparse tensor
+            arrays.append(sparse.SparseColumnRows(column, b))
+            continue
         if b.kind != "dense":  # padded; each row's own length kept for per-step outputs
             padded, lengths = sequences.model_input(column, b)
             arrays.append(padded)
@@ -153,7 +156,7 @@ def _score_batches(batches, *, model_id, package, backend, bindings, output_type
         step = batch_size or default_batch_rows(sum(a[:1].nbytes for a in inputs))
         chunks = []
         for start in range(0, batch.num_rows, step):
-            x = keras.tree.pack_sequence_as(model.input, [a[start:start + step] for a in inputs])
+            x = keras.tree.pack_sequence_as(model.input, [sparse.model_input(a[start:start + step]) for a in inputs])
             out = model.predict_on_batch(x)
             chunks.append(keras.tree.flatten(out))
         outputs = [np.concatenate([c[i] for c in chunks]) if len(chunks) > 1 else chunks[0][i]

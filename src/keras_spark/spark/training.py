@@ -14,7 +14,7 @@ import time
 
 import keras
 
-from keras_spark import binding, sequences
+from keras_spark import binding, sequences, sparse
 from keras_spark.feed import BatchFeed, batches_per_pull, keras_input
 from keras_spark.progress import RowsTrained, with_callback
 from keras_spark.shutdown import terminate_cleanly
@@ -109,6 +109,7 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
         raise ValueError(f"num_workers must be a positive integer; got {num_workers!r}")
     train_bindings = _bind(model, df, partition_col, with_labels=True, sample_weight=sample_weight,
                            sequence_options=sequence_options, image_resize=image_resize)
+    sparse.check_single_process(train_bindings, num_workers)
     spark_validation = validation_data is not None and is_spark_dataframe(validation_data)
     val_bindings = (_bind(model, validation_data, partition_col, True, sequence_options=sequence_options,
                           image_resize=image_resize)

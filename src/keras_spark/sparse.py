@@ -1,0 +1,164 @@
+"""Sparse inputs: a Spark ML vector column feeding `keras.Input(shape=(d,), sparse=True)` as its non-zeros.
+
+The cache keeps each row's indices and values, not `d` numbers (src/cpp/sparse_column.h);
+the core gathers a batch's COO arrays (indices [nnz, 2], values [nnz], dense shape) on its
+own threads, and here they become the backend's sparse tensor:
+
+- TensorFlow: `tf.SparseTensor` (int64 indices), fed through `tf.data` with a
+  `tf.SparseTensorSpec`, as Keras's own TF dataset adapter takes it.
+- JAX: `jax.experimental.sparse.BCOO` (int32 indices) yielded by the generator; Keras's
+  JAX iterator passes BCOO through unchanged. JAX compiles one step per input shape, so the
+  core pads each batch's entry count to one of a few sizes (at most 12.5% more) with
+  entries (0, 0) = 0, which add nothing to a product or a sum.
+- PyTorch: Keras has no sparse tensors there (`keras.Input(sparse=True)` is refused);
+  bind_inputs says what to do instead.
+
+Example:
+    x = keras.Input(shape=(262144,), sparse=True, name="features")  # a HashingTF column
+    y = keras.layers.Dense(1, name="label")(x)
+    KerasSparkModel(x, y).fit(df, batch_size=128)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_spark.errors import BindingError
+
+SPARSE_KIND = "sparse"
+_SPARSE_BACKENDS = ("tensorflow", "jax")
+
+
+def _backend() -> str:
+    # Imported here: the Spark pass's executors import this module (through extract) and need no backend.
+    import keras
+
+    return keras.backend.backend()
+
+
+def is_sparse_input(tensor) -> bool:
+    """Whether a Keras input tensor was declared `sparse=True`."""
+    return bool(getattr(tensor, "sparse", False))
+
+
+def check_sparse_input(name: str, spark_type, shape: tuple[int, ...]) -> None:
+    """The rules a sparse input's column obeys, checked on the schema before Spark runs."""
+    backend = _backend()
+    if backend not in _SPARSE_BACKENDS:
+        raise BindingError(
+            f"Keras input '{name}' is sparse=True, but the {backend} backend has no sparse tensors in Keras; "
+            f"declare keras.Input(shape={shape}, sparse=False) to feed the vectors densified (d numbers a row), "
+            f"or use KERAS_BACKEND=tensorflow or jax to keep them sparse"
+        )
+    if type(spark_type).__name__ != "VectorUDT":
+        raise BindingError(
+            f"column '{name}' has type {spark_type.simpleString()}, but Keras input '{name}' is sparse=True, which "
+            f"takes a Spark ML vector column (pyspark.ml.linalg: SparseVector or DenseVector, e.g. from "
+            f"HashingTF or VectorAssembler); convert it with pyspark.ml.functions.array_to_vector, or declare "
+            f"the input sparse=False"
+        )
+    if len(shape) != 1:
+        raise BindingError(
+            f"Keras input '{name}' is sparse=True with per-row shape {shape}; a Spark ML vector feeds a sparse "
+            f"input of shape (size,)"
+        )
+
+
+def layout_spec(dtype: str, shape, sparse: bool) -> tuple:
+    """A cached column as the core's Pipeline takes it: (dtype, shape) or (dtype, shape, "sparse")."""
+    return (dtype, list(shape), SPARSE_KIND) if sparse else (dtype, list(shape))
+
+
+def has_sparse(columns) -> bool:
+    """Whether any of the core's (dtype, shape[, kind]) columns is sparse."""
+    return any(len(c) > 2 and c[2] == SPARSE_KIND for c in columns)
+
+
+def core_layout() -> dict:
+    """The core's sparse batch layout for the active backend (keywords of Pipeline and to_sparse)."""
+    if _backend() == "jax":
+        return {"sparse_index_dtype": "int32", "sparse_pad": True}
+    return {"sparse_index_dtype": "int64", "sparse_pad": False}
+
+
+def to_tensor(indices: np.ndarray, values: np.ndarray, dense_shape: tuple[int, int]):
+    """The core's COO arrays as the active backend's sparse tensor."""
+    if _backend() == "jax":
+        from jax.experimental import sparse as jax_sparse
+
+        return jax_sparse.BCOO((values, indices), shape=tuple(dense_shape))
+    import tensorflow as tf
+
+    return tf.SparseTensor(indices, values, dense_shape)
+
+
+def batch_converter(columns):
+    """A function turning the core's column list into tensors: sparse columns' COO tuples -> sparse tensors."""
+    positions = [i for i, c in enumerate(columns) if len(c) > 2 and c[2] == SPARSE_KIND]
+    if not positions:
+        return lambda arrays: arrays
+
+    def convert(arrays):
+        arrays = list(arrays)
+        for i in positions:
+            arrays[i] = to_tensor(*arrays[i])
+        return arrays
+
+    return convert
+
+
+def tensor_spec(column):
+    """A core column (dtype, shape[, kind]) as a batch's `tf.TensorSpec` or `tf.SparseTensorSpec`."""
+    import tensorflow as tf
+
+    dtype, shape = column[0], column[1]
+    if len(column) > 2 and column[2] == SPARSE_KIND:
+        return tf.SparseTensorSpec((None, *shape), tf.as_dtype(dtype))
+    return tf.TensorSpec((None, *shape), tf.as_dtype(dtype))
+
+
+def check_single_process(bindings, num_workers: int) -> None:
+    """num_workers > 1 pads and all-reduces dense batches only: sparse inputs train on the driver."""
+    sparse = [b.column for b in bindings if getattr(b, "sparse", False)]
+    if sparse and num_workers > 1:
+        raise ValueError(
+            f"num_workers={num_workers} does not take sparse inputs yet ({sparse}); train them with "
+            f"num_workers=1, or declare the inputs sparse=False"
+        )
+
+
+class SparseColumnRows:
+    """An Arrow vector column being scored (predict): row ranges become sparse tensors in the core.
+
+    Sliced like the dense inputs (`rows[a:b]`, zero-copy on the Arrow array); `nbytes` is
+    about what the range's COO arrays take, for sizing scoring batches.
+    """
+
+    def __init__(self, column, binding):
+        self.column = column
+        self.binding = binding
+
+    def __getitem__(self, rows: slice) -> SparseColumnRows:
+        start, stop, _ = rows.indices(len(self.column))
+        return SparseColumnRows(self.column.slice(start, max(0, stop - start)), self.binding)
+
+    @property
+    def nbytes(self) -> int:
+        import pyarrow.compute as pc
+
+        entries = pc.sum(pc.list_value_length(self.column.field("values"))).as_py() or 0
+        return int(entries) * (2 * 8 + np.dtype(self.binding.dtype).itemsize)
+
+    def to_tensor(self):
+        from keras_spark import _core
+
+        b = self.binding
+        # As dense predict: a NaN input scores to NaN (not silent); casts the dtype cannot hold are errors.
+        coo = _core.to_sparse(*self.column.__arrow_c_array__(), b.column, b.dtype, list(b.shape),
+                              allow_non_finite=True, **core_layout())
+        return to_tensor(*coo)
+
+
+def model_input(x):
+    """What the model takes for one scoring input: a sparse tensor for sparse columns, else `x` itself."""
+    return x.to_tensor() if isinstance(x, SparseColumnRows) else x
