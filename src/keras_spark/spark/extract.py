@@ -36,7 +36,7 @@ from keras_spark.spark import session
 
 _PASS_SCHEMA = "info string"
 _ROW_ID = "__keras_spark_row_id"
-CHUNK_BYTES = 32 << 20  # Arrow bytes a client read holds at once
+CHUNK_BYTES = 16 << 20  # Arrow bytes a client read holds at once
 _MARKER = "keras_spark_marker"  # no leading dot: Spark file reads skip hidden files
 EXECUTORS_WROTE = "executors wrote the cache"
 CLIENT_WROTE = "rows streamed to the client, which wrote the cache"
@@ -173,33 +173,36 @@ def _jvm_reads(spark, marker: str, token: str) -> bool:
 
 def _client_reads(selected, bindings: list[ColumnBinding], directory: str, columns, pid_index: int,
                   allow_non_finite: bool) -> dict:
-    """The rows through the client, `CHUNK_BYTES` of Arrow at a time, written by one CacheWriter.
+    """The rows through the client, at most about `CHUNK_BYTES` of Arrow at a time, written by one CacheWriter.
 
-    The selected rows are persisted on the cluster with a row id
-    (`monotonically_increasing_id`: partition index << 33 plus position), one small
-    job counts each partition's rows, and each chunk is one contiguous id range read
-    with `toArrow()` (Arrow straight from the JVM, no Python workers). Jobs follow the
-    data's size, not its partition count; the client holds one chunk at a time; rows
-    keep their order.
+    Arrow comes straight from the JVM (`toArrow()`, no Python workers). One small job
+    counts the rows; data that fits one chunk is then read in one job. Larger data is
+    persisted on the cluster with a row id
+    (`monotonically_increasing_id`: partition index << 33 plus position; persisted, so
+    every read sees the same ids even where the source's order is not repeatable),
+    and each chunk is one contiguous id range: jobs follow the data's size, not its
+    partition count, the client holds one chunk at a time, and rows keep their order.
     """
-    with_ids = selected.withColumn(_ROW_ID, F.monotonically_increasing_id()).persist()
+    row_bytes = _arrow_row_bytes(selected, bindings)
+    if selected.count() * row_bytes <= CHUNK_BYTES:
+        chunks = iter([selected])
+        with_ids = None
+    else:
+        with_ids = selected.withColumn(_ROW_ID, F.monotonically_increasing_id()).persist()
+        counts = {int(part): int(rows) for part, rows in
+                  with_ids.groupBy(F.shiftright(F.col(_ROW_ID), 33)).count().collect()}
+        row_id, names = F.col(_ROW_ID), selected.columns
+        chunks = (with_ids.filter((row_id >= lo) if hi is None else (row_id >= lo) & (row_id < hi))
+                  .select(*[F.col(f"`{n}`") for n in names])
+                  for lo, hi in id_ranges(counts, max(1, CHUNK_BYTES // row_bytes)))
     try:
-        counts = with_ids.groupBy(F.shiftright(F.col(_ROW_ID), 33).alias("part")).count().collect()
-        partition_rows = {int(row["part"]): int(row["count"]) for row in counts}
-        rows_per_chunk = max(1, CHUNK_BYTES // _arrow_row_bytes(with_ids, bindings))
-        names = [c for c in with_ids.columns if c != _ROW_ID]
-        row_id = F.col(_ROW_ID)
-
-        def batches():
-            for lo, hi in id_ranges(partition_rows, rows_per_chunk):
-                chunk = with_ids.filter((row_id >= lo) if hi is None else (row_id >= lo) & (row_id < hi))
-                yield from chunk.select(*[F.col(f"`{n}`") for n in names]).toArrow().to_batches()
-
-        return json.loads(_write_rows(batches(), os.path.join(directory, "client"), columns, pid_index,
+        batches = (batch for chunk in chunks for batch in chunk.toArrow().to_batches())
+        return json.loads(_write_rows(batches, os.path.join(directory, "client"), columns, pid_index,
                                       allow_non_finite))
     finally:
-        with contextlib.suppress(Exception):
-            with_ids.unpersist()
+        if with_ids is not None:
+            with contextlib.suppress(Exception):
+                with_ids.unpersist()
 
 
 def id_ranges(partition_rows: dict[int, int], rows_per_chunk: int) -> list[tuple[int, int | None]]:
