@@ -45,26 +45,28 @@ def mlp(features: int, hidden: int = 64, depth: int = 1):
     return model
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory: VmRSS (all), RssAnon (its own), RssFile (mapped files: page cache)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1e3
     return float("nan")
 
 
 class PeakRss:
-    """Samples this process's RSS every 50 ms while open."""
+    """Samples this process's RSS, and its anonymous part, every 50 ms while open."""
 
     def __enter__(self):
-        self.start, self.peak, self._done = rss_mb(), rss_mb(), threading.Event()
+        self.start, self.start_anon = rss_mb(), rss_mb("RssAnon")
+        self.peak, self.peak_anon, self._done = self.start, self.start_anon, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
     def _sample(self):
         while not self._done.wait(0.05):
-            self.peak = max(self.peak, rss_mb())
+            self.peak, self.peak_anon = max(self.peak, rss_mb()), max(self.peak_anon, rss_mb("RssAnon"))
 
     def __exit__(self, *exc):
         self._done.set()
@@ -116,8 +118,11 @@ def memory_figures(spark, cap_mb: int) -> dict:
     model = mlp(features, hidden=8)
     with PeakRss() as rss:
         model.fit(df, batch_size=BATCH, epochs=1, verbose=0)
+    # The cache is memory-mapped: reading it in the epoch maps its pages (RssFile, page cache the
+    # kernel reclaims under a cap); RssAnon is the memory the client itself holds.
     return {"cap_mb": cap_mb, "data_mb": rows * (features + 1) * 4 / 1e6, "cache_path": model.data_stats["cache_path"],
-            "client_rss_growth_mb": rss.peak - rss.start, "under_cap": rss.peak - rss.start < cap_mb}
+            "client_rss_growth_mb": rss.peak - rss.start, "client_anon_rss_growth_mb": rss.peak_anon - rss.start_anon,
+            "anon_under_cap": rss.peak_anon - rss.start_anon < cap_mb}
 
 
 def predict_rows_per_s(spark, rows: int) -> float:
@@ -152,6 +157,31 @@ def big_model_figures(spark, megabytes: int) -> dict:
             "first_row_finite": bool(first[0] == first[0])}
 
 
+def memory_child(url: str, cap_mb: int) -> None:
+    """memory_figures in a fresh client process (its allocator settings come from its environment)."""
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    from pyspark.sql.connect.session import SparkSession
+
+    spark = SparkSession.builder.remote(url).getOrCreate()
+    print("MEMORY " + json.dumps(memory_figures(spark, cap_mb)), flush=True)
+
+
+def memory_in_children(url: str, cap_mb: int) -> dict:
+    """The client's memory with glibc's default malloc arenas, and with MALLOC_ARENA_MAX=2.
+
+    gRPC's threads receive the results in their own malloc arenas, which keep what they
+    free; the second figure shows how much of the growth is that, not data held.
+    """
+    figures = {}
+    for name, arenas in (("default_malloc", None), ("malloc_arena_max_2", "2")):
+        env = dict(os.environ, **({"MALLOC_ARENA_MAX": arenas} if arenas else {}))
+        done = subprocess.run([sys.executable, __file__, "--memory-child", url, "--cap-mb", str(cap_mb)], env=env,
+                              capture_output=True, text=True)
+        lines = [line[7:] for line in done.stdout.splitlines() if line.startswith("MEMORY ")]
+        figures[name] = json.loads(lines[0]) if lines else {"failed": done.stderr[-2000:]}
+    return figures
+
+
 def classic_predict(rows: int) -> None:
     from common import spark_session
 
@@ -166,7 +196,11 @@ def main():
     parser.add_argument("--cap-mb", type=int, default=100)
     parser.add_argument("--big-model-mb", type=int, default=300)
     parser.add_argument("--classic-predict", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=["memory"], help="measure only these figures")
     args = parser.parse_args()
+    if args.memory_child:
+        return memory_child(args.memory_child, args.cap_mb)
     if args.classic_predict:
         return classic_predict(args.rows)
     from connect_server import start_connect_server
@@ -178,14 +212,18 @@ def main():
         os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
         from pyspark.sql.connect.session import SparkSession
 
+        if args.only == "memory":
+            figures["memory"] = memory_in_children(server.url, args.cap_mb)
+            emit("connect_memory", figures)
+            return
         spark = SparkSession.builder.remote(server.url).getOrCreate()
         figures["fit"] = fit_figures(spark, args.rows)
         print(json.dumps(figures["fit"]), flush=True)
         figures["predict"] = {"connect_rows_per_s": predict_rows_per_s(spark, args.rows)}
         figures["big_model"] = big_model_figures(spark, args.big_model_mb)
         print(json.dumps(figures["big_model"]), flush=True)
-        figures["memory"] = memory_figures(spark, args.cap_mb)
         spark.stop()
+        figures["memory"] = memory_in_children(server.url, args.cap_mb)
     finally:
         server.stop()
     env = {k: v for k, v in os.environ.items() if k != "SPARK_CONNECT_MODE_ENABLED"}

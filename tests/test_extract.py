@@ -7,7 +7,8 @@ from builders import numeric_frame, regression_model
 
 from keras_spark.binding import bind_inputs, bind_labels
 from keras_spark.feed import BatchFeed
-from keras_spark.spark.extract import extract
+from keras_spark.spark import extract as extract_module
+from keras_spark.spark.extract import extract, id_ranges
 
 
 def _all_batches(model, cached):
@@ -32,6 +33,35 @@ def test_streaming_through_the_driver_gives_the_same_batches(spark):
     finally:
         direct.remove()
         streamed.remove()
+
+
+def test_client_reads_in_small_chunks_give_the_same_batches(spark, monkeypatch):
+    df = numeric_frame(spark, rows=3000, partitions=5)
+    model = regression_model()
+    bindings = bind_inputs(model, df.schema) + bind_labels(model, df.schema)
+    direct = extract(df, bindings, "partition_id")
+    monkeypatch.setattr(extract_module, "CHUNK_BYTES", 4096)  # a few dozen rows a chunk: many client reads
+    chunked = extract(df, bindings, "partition_id", stream=True)
+    try:
+        assert chunked.rows == 3000 and chunked.partition_ids == direct.partition_ids
+        for (x1, y1), (x2, y2) in zip(_all_batches(model, direct), _all_batches(model, chunked), strict=True):
+            np.testing.assert_array_equal(x1, x2)
+            np.testing.assert_array_equal(y1, y2)
+    finally:
+        direct.remove()
+        chunked.remove()
+
+
+def test_id_ranges_cover_every_row_once_in_order():
+    partition_rows = {0: 5, 1: 0, 2: 7, 5: 3}
+    ids = [(p << 33) + i for p in sorted(partition_rows) for i in range(partition_rows[p])]
+    for per_chunk in (1, 2, 4, 5, 15, 100):
+        ranges = id_ranges(partition_rows, per_chunk)
+        chunks = [[i for i in ids if i >= lo and (hi is None or i < hi)] for lo, hi in ranges]
+        assert [i for chunk in chunks for i in chunk] == ids
+        assert all(0 < len(chunk) <= per_chunk for chunk in chunks)
+        assert ranges[-1][1] is None
+    assert id_ranges({}, 10) == []
 
 
 def test_fit_uses_cache_dir_and_leaves_nothing_behind(spark, tmp_path):

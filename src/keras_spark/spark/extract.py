@@ -8,13 +8,11 @@ partition id. Epochs then read the files, never Spark.
 
 Whether the executors can write where the client reads is found out, not guessed:
 the client leaves a marker file with a fresh token in the cache directory, and each
-task looks for it. A task that sees it writes its rows there; a task that does not
-(a Spark Connect server or cluster without a shared file system) sends its Arrow
-batches as IPC bytes instead, and the client writes the same cache from them. On
-Connect both happen in the same single Spark pass (its results stream to the client
-in one job); a classic session collects the summaries and, only if some task could
-not see the directory, streams the rows in a second pass (`toLocalIterator`).
-`CachedData.path` says which way the rows came.
+task looks for it (a Connect server is first asked through a JVM read of the marker).
+Where they cannot (a Spark Connect server or cluster without a shared file system),
+the client reads the rows itself as Arrow straight from the JVM, in chunks of
+bounded size, and writes the same cache. `CachedData.path` says which way the rows
+came.
 """
 
 from __future__ import annotations
@@ -36,8 +34,10 @@ from keras_spark.binding import ColumnBinding
 from keras_spark.errors import DataError
 from keras_spark.spark import session
 
-_PASS_SCHEMA = "info string, ipc binary"
-_MARKER = ".keras_spark_marker"
+_PASS_SCHEMA = "info string"
+_ROW_ID = "__keras_spark_row_id"
+CHUNK_BYTES = 16 << 20  # Arrow bytes a client read holds at once
+_MARKER = "keras_spark_marker"  # no leading dot: Spark file reads skip hidden files
 EXECUTORS_WROTE = "executors wrote the cache"
 CLIENT_WROTE = "rows streamed to the client, which wrote the cache"
 
@@ -83,13 +83,11 @@ def _write_rows(batches, prefix: str, columns, pid_index: int, allow_non_finite:
     return json.dumps(writer.finish())
 
 
-def _write_task(batches, *, directory: str, token: str, columns, pid_index: int, stream_if_unseen: bool,
-                allow_non_finite: bool):
-    """Executor side of the Spark pass (mapInArrow): write the rows where the client reads, or send them.
+def _write_task(batches, *, directory: str, token: str, columns, pid_index: int, allow_non_finite: bool):
+    """Executor side of the Spark pass (mapInArrow): write the rows where the client reads, if it can.
 
-    A task that sees the client's marker writes its rows to the cache and yields one
-    summary row. One that does not yields its batches as IPC bytes (`stream_if_unseen`)
-    or, where the caller cannot take a stream, a summary that says so without reading.
+    A task that sees the client's marker writes its rows to the cache and yields its
+    summary; one that does not yields a summary that says so, without reading.
     """
     if _sees_marker(directory, token):
         from pyspark import TaskContext
@@ -97,12 +95,9 @@ def _write_task(batches, *, directory: str, token: str, columns, pid_index: int,
         ctx = TaskContext.get()
         task = f"{ctx.partitionId()}-{ctx.attemptNumber()}-{ctx.taskAttemptId()}" if ctx else str(os.getpid())
         info = _write_rows(batches, os.path.join(directory, f"task-{task}"), columns, pid_index, allow_non_finite)
-        yield pa.RecordBatch.from_pydict({"info": [info], "ipc": [None]}, schema=_pass_schema())
-    elif stream_if_unseen:
-        yield from _to_ipc(batches)
     else:
-        yield pa.RecordBatch.from_pydict({"info": [json.dumps({"unseen": True})], "ipc": [None]},
-                                         schema=_pass_schema())
+        info = json.dumps({"unseen": True})
+    yield pa.RecordBatch.from_pydict({"info": [info]}, schema=pa.schema([("info", pa.string())]))
 
 
 def _sees_marker(directory: str, token: str) -> bool:
@@ -111,20 +106,6 @@ def _sees_marker(directory: str, token: str) -> bool:
             return f.read() == token
     except OSError:
         return False
-
-
-def _pass_schema() -> pa.Schema:
-    return pa.schema([("info", pa.string()), ("ipc", pa.binary())])
-
-
-def _to_ipc(batches):
-    """Each Arrow batch as IPC bytes in one row."""
-    for batch in batches:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, batch.schema) as stream:
-            stream.write_batch(batch)
-        yield pa.RecordBatch.from_pydict({"info": [None], "ipc": [sink.getvalue().to_pybytes()]},
-                                         schema=_pass_schema())
 
 
 def _select_sorted(df, bindings: list[ColumnBinding], partition_col: str):
@@ -138,86 +119,125 @@ def extract(df, bindings: list[ColumnBinding], partition_col: str, *, cache_dir:
     """Read `df` once and cache its bound columns; raises DataError for bad values.
 
     The cache is made in `cache_dir` (default: the client's temporary directory) and
-    removed by `CachedData.remove`. Executors write to it where they can see it; rows
-    of tasks that cannot come through the client. `stream=True` sends every row
-    through the client whatever the executors can see. NaN or infinite values are a
-    DataError naming the column and row unless `allow_non_finite`.
+    removed by `CachedData.remove`. Executors write to it where they can see it;
+    otherwise the client reads the rows in bounded chunks (`_client_reads`).
+    `stream=True` sends every row through the client whatever the executors can see.
+    NaN or infinite values are a DataError naming the column and row unless
+    `allow_non_finite`.
     """
     directory = scratch.make_dir(parent=cache_dir)
-    token = "" if stream else secrets.token_hex(16)
-    if token:
-        with open(os.path.join(directory, _MARKER), "w") as f:
-            f.write(token)
     selected, names = _select_sorted(df, bindings, partition_col)
     columns = [b.core_spec(names.index(b.column)) for b in bindings]
     pid_index = names.index(partition_col)
-    connect = session.is_connect(df.sparkSession)
-
-    take = functools.partial(_take_pass, directory=directory, columns=columns, pid_index=pid_index,
-                             allow_non_finite=allow_non_finite)
-
-    def one_pass(stream_if_unseen: bool):
-        task = functools.partial(_write_task, directory=directory, token=token, columns=columns,
-                                 pid_index=pid_index, stream_if_unseen=stream_if_unseen,
-                                 allow_non_finite=allow_non_finite)
-        return selected.mapInArrow(task, _PASS_SCHEMA)
-
     try:
-        if connect or stream:  # one job whose results Connect streams (held within spark.driver.maxResultSize)
-            infos, streamed = take(session.stream_rows(one_pass(True)))
-        else:  # a classic driver collects the summaries; unseen tasks send nothing yet
-            infos, streamed = take(iter(one_pass(False).collect()))
-            if any(info.get("unseen") for info in infos):
-                _remove_task_files(directory)
-                infos, streamed = take(session.stream_rows(one_pass(True)))
+        infos = None if stream else _executors_write(selected, directory, columns, pid_index, allow_non_finite)
+        path = EXECUTORS_WROTE
+        if infos is None:
+            infos = [_client_reads(selected, bindings, directory, columns, pid_index, allow_non_finite)]
+            path = CLIENT_WROTE
         cached = _assemble(directory, bindings, infos)
-        wrote = len(infos) > (1 if streamed else 0)
-        cached.path = " and ".join(p for p, took in ((EXECUTORS_WROTE, wrote), (CLIENT_WROTE, streamed)) if took)
+        cached.path = path
         return cached
-    except BaseException as error:
+    except BaseException:
         scratch.remove(directory)
-        if "spark.driver.maxResultSize" in str(error):
-            raise RuntimeError(
-                "keras-spark: the Spark executors cannot write to the cache directory "
-                f"({cache_dir or 'the client temporary directory'}), so the rows came through the Spark driver, "
-                "and they exceed its spark.driver.maxResultSize. Pass cache_dir= a directory that the executors "
-                "and this client share (e.g. an NFS or Volumes mount), or raise spark.driver.maxResultSize "
-                "where the Spark driver starts"
-            ) from error
         raise
 
 
-def _take_pass(rows, directory: str, columns, pid_index: int, allow_non_finite: bool) -> tuple[list[dict], bool]:
-    """The pass's summary rows, and the streamed rows written by one client-side writer.
+def _executors_write(selected, directory: str, columns, pid_index: int, allow_non_finite: bool) -> list[dict] | None:
+    """The one Spark pass where every executor writes its rows to the cache; None where one cannot.
 
-    Each Spark partition arrives sorted by partition id; the writer starts a new run
-    wherever the id changes, so one writer takes every streamed task.
+    The client leaves a marker with a fresh token and each task looks for it. A
+    Connect server is first asked through the JVM (no Python workers started), so
+    a cluster that cannot see the client's disk costs one tiny read, not a pass.
     """
-    infos: list[dict] = []
-    streamed = False
-
-    def streamed_batches():
-        nonlocal streamed
-        for row in rows:
-            if row["ipc"] is not None:
-                streamed = True
-                yield from pa.ipc.open_stream(row["ipc"])
-            else:
-                infos.append(json.loads(row["info"]))
-
-    client_info = json.loads(_write_rows(streamed_batches(), os.path.join(directory, "client"), columns, pid_index,
-                                         allow_non_finite))
-    if "error" in client_info:
-        _close(rows)
-        return [client_info], True
-    return infos + ([client_info] if streamed else []), streamed
+    token = secrets.token_hex(16)
+    marker = os.path.join(directory, _MARKER)
+    with open(marker, "w") as f:
+        f.write(token)
+    spark = selected.sparkSession
+    if session.is_connect(spark) and not _jvm_reads(spark, marker, token):
+        return None
+    task = functools.partial(_write_task, directory=directory, token=token, columns=columns, pid_index=pid_index,
+                             allow_non_finite=allow_non_finite)
+    infos = [json.loads(row["info"]) for row in selected.mapInArrow(task, _PASS_SCHEMA).collect()]
+    if any(info.get("unseen") for info in infos):
+        _remove_task_files(directory)
+        return None
+    return infos
 
 
-def _close(rows) -> None:
-    """Stop a stream read partly (a bad value): its generator ends the query's results."""
-    close = getattr(rows, "close", None)
-    if close:
-        close()
+def _jvm_reads(spark, marker: str, token: str) -> bool:
+    """Whether the Spark driver and an executor read `token` from the client's file `marker`."""
+    try:
+        return [row[0] for row in spark.read.text("file://" + marker).collect()] == [token]
+    except Exception:  # path not found on the driver, or a task could not read it: not shared
+        return False
+
+
+def _client_reads(selected, bindings: list[ColumnBinding], directory: str, columns, pid_index: int,
+                  allow_non_finite: bool) -> dict:
+    """The rows through the client, at most about `CHUNK_BYTES` of Arrow at a time, written by one CacheWriter.
+
+    Arrow comes straight from the JVM (`toArrow()`, no Python workers). One small job
+    counts the rows; data that fits one chunk is then read in one job. Larger data is
+    persisted on the cluster with a row id
+    (`monotonically_increasing_id`: partition index << 33 plus position; persisted, so
+    every read sees the same ids even where the source's order is not repeatable),
+    and each chunk is one contiguous id range: jobs follow the data's size, not its
+    partition count, the client holds one chunk at a time, and rows keep their order.
+    """
+    row_bytes = _arrow_row_bytes(selected, bindings)
+    if selected.count() * row_bytes <= CHUNK_BYTES:
+        chunks = iter([selected])
+        with_ids = None
+    else:
+        with_ids = selected.withColumn(_ROW_ID, F.monotonically_increasing_id()).persist()
+        counts = {int(part): int(rows) for part, rows in
+                  with_ids.groupBy(F.shiftright(F.col(_ROW_ID), 33)).count().collect()}
+        row_id, names = F.col(_ROW_ID), selected.columns
+        chunks = (with_ids.filter((row_id >= lo) if hi is None else (row_id >= lo) & (row_id < hi))
+                  .select(*[F.col(f"`{n}`") for n in names])
+                  for lo, hi in id_ranges(counts, max(1, CHUNK_BYTES // row_bytes)))
+    try:
+        batches = (batch for chunk in chunks for batch in chunk.toArrow().to_batches())
+        return json.loads(_write_rows(batches, os.path.join(directory, "client"), columns, pid_index,
+                                      allow_non_finite))
+    finally:
+        if with_ids is not None:
+            with contextlib.suppress(Exception):
+                with_ids.unpersist()
+
+
+def id_ranges(partition_rows: dict[int, int], rows_per_chunk: int) -> list[tuple[int, int | None]]:
+    """Contiguous [lo, hi) ranges of monotonically_increasing_id covering every row, `rows_per_chunk` each.
+
+    `partition_rows` maps a partition index to its row count; the last range is open.
+    """
+    ranges: list[tuple[int, int | None]] = []
+    lo, taken = None, 0
+    for part in sorted(partition_rows):
+        rows, pos = partition_rows[part], 0
+        while pos < rows:
+            if lo is None:
+                lo = (part << 33) + pos
+            step = min(rows - pos, rows_per_chunk - taken)
+            pos, taken = pos + step, taken + step
+            if taken == rows_per_chunk:
+                ranges.append((lo, (part << 33) + pos))
+                lo, taken = None, 0
+    if lo is not None:
+        ranges.append((lo, None))
+    elif ranges:
+        ranges[-1] = (ranges[-1][0], None)
+    return ranges
+
+
+def _arrow_row_bytes(df, bindings: list[ColumnBinding]) -> int:
+    """Bytes of Arrow a row takes: from the shapes where all are known, else from a sample."""
+    if all(-1 not in b.shape for b in bindings):  # 8-byte leaves and 8 bytes of offsets a level, to be safe
+        return max(1, sum(8 * math.prod(b.shape) + 8 * len(b.shape) for b in bindings) + 8)
+    sample = df.limit(256).toArrow()
+    return max(1, sample.nbytes // max(1, sample.num_rows))
 
 
 def _remove_task_files(directory: str) -> None:

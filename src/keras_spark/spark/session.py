@@ -9,7 +9,6 @@ Nothing else in keras-spark touches `sparkContext`, `rdd` or broadcast.
 - `is_connect`: which kind of session a DataFrame belongs to.
 - `task_slots`: how many tasks can run at once (barrier stages need that many).
 - `ship_bytes`: a large payload (the model) sent once, read on the executors by `.value`.
-- `stream_rows`: a DataFrame's rows to the client in bounded memory.
 """
 
 from __future__ import annotations
@@ -119,16 +118,3 @@ def _artifact_path(name: str) -> str:
             return path
     raise FileNotFoundError(f"keras-spark: the session artifact {name} is not on this executor (looked in "
                             f"{candidates}); was the session's artifact directory cleaned up?")
-
-
-# -- results to the client --------------------------------------------------------------
-def stream_rows(df):
-    """The rows of `df` in the client, a bounded number at a time.
-
-    Connect: one Spark job whose Arrow batches stream over gRPC as the client reads.
-    Classic: `toLocalIterator`, one Spark job per partition (classic has no public
-    one-job stream), so callers use it only where executors cannot write to the client.
-    """
-    if is_connect(df.sparkSession):
-        return df.toLocalIterator()
-    return df.toLocalIterator(prefetchPartitions=True)
