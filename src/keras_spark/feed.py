@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from keras_spark import _core, sequences, sparse
+from keras_spark.device_prefetch import DeviceWait, stage_on_device
 from keras_spark.shutdown import NativeHandle
 from keras_spark.spark.extract import CachedData
 from keras_spark.weights import class_weight_table, class_weights_of
@@ -104,6 +105,7 @@ class BatchFeed:
         self._weight_index = roles.index("weight") if "weight" in roles else None
         self._class_weights = class_weight_table(class_weight) if class_weight else None
         self.weighted = self._weight_index is not None or self._class_weights is not None
+        self.device_wait = DeviceWait()  # filled by device_prefetch when batches are staged on an accelerator
 
     # -- readers ---------------------------------------------------------------------
     def _open(self, first_epoch: int) -> NativeHandle:
@@ -210,6 +212,9 @@ class BatchFeed:
         for stats in every:
             for key, value in stats.items():
                 total[key] = max(total.get(key, 0), value) if key == "threads" else total.get(key, 0) + value
+        # On an accelerator, the step's wait for data on the device; on CPU, its wait for the core.
+        total["device_wait_s"] = self.device_wait.seconds if self.device_wait.on_device else \
+            total.get("consumer_wait_s", 0.0)
         return total
 
     @staticmethod
@@ -278,7 +283,10 @@ def keras_input(feed: BatchFeed, endless: bool = False):
 
     `endless`: the caller sets its own steps per epoch, so epochs need not follow passes.
     """
-    return _ADAPTERS.get(keras.backend.backend(), _generator)(feed, endless)
+    batches = _ADAPTERS.get(keras.backend.backend(), _generator)(feed, endless)
+    if any(b.kind == sequences.STRING or b.sparse for b in feed._cached.bindings):
+        return batches  # string tensors live on the host; sparse batches are not staged (untested on a GPU)
+    return stage_on_device(batches, feed.device_wait)
 
 
 def lockstep_weights(worker_rows: list[int], local_batch: int, step: int) -> tuple[int, float]:

@@ -125,11 +125,14 @@ class StepTimer:
 
 
 def train(job: WorkerJob) -> dict:
+    from keras_spark.devices import training_record
     from keras_spark.spark.score import limit_threads
 
     os.environ["KERAS_BACKEND"] = "jax"
-    # The workers of one executor share its cores: each takes the task's share (spark.task.cpus).
-    limit_threads(job.threads)
+    if not job.gpu_addresses:
+        # The workers of one executor share its cores: each takes the task's share (spark.task.cpus).
+        limit_threads(job.threads)
+    placement = training_record(job.gpu_addresses, job.rank)  # CUDA_VISIBLE_DEVICES came with the environment
     import keras
 
     from keras_spark.feed import BatchFeed, LockstepFeed, lockstep_weights
@@ -183,6 +186,8 @@ def train(job: WorkerJob) -> dict:
         "train_s": time.perf_counter() - started,
         "step_s": timer.seconds,
         "steps_per_epoch": lockstep.steps_per_epoch,
+        "devices": dict(addresses=job.gpu_addresses, visible_devices=placement.visible_devices,
+                        jax_devices=[str(d) for d in devices]),
     }
     if rank == 0:
         result.update(

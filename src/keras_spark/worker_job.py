@@ -44,6 +44,7 @@ class WorkerJob:
     validation_rows: list[int] = field(default_factory=list)
     package: bytes = b""  # the model package (model_package.py)
     threads: int = 1  # the task's cores
+    gpu_addresses: list[str] = field(default_factory=list)  # the task's GPU (one), [] on CPU
     # -- one training process ----------------------------------------------------------
     result_path: str = ""
     error_path: str = ""

@@ -35,11 +35,13 @@ import pyarrow as pa
 from pyspark.sql import functions as F
 
 from keras_spark import binding, scratch
+from keras_spark.devices import gpu_env, task_gpu_addresses
 from keras_spark.errors import BindingError, DataError, TrainingError
 from keras_spark.spark import is_spark_dataframe
 from keras_spark.spark.extract import _agree_on_shape, _assemble, _write_rows
 from keras_spark.spark.score import threads_per_task
 from keras_spark.spark.session import ship_bytes, task_slots
+from keras_spark.spark.training_gpus import check_training_gpus, training_profile
 from keras_spark.worker_job import WorkerJob
 
 _RESULT_SCHEMA = "rank int, part int, payload binary"
@@ -115,6 +117,7 @@ def check_distributed(spark, *, num_workers: int, batch_size: int, backend: str,
             f"num_workers={num_workers} needs {num_workers} task slots at once (a barrier stage), "
             f"but this Spark application has {slots}"
         )
+    check_training_gpus(spark, num_workers)
 
 
 def _rows_by_partition(df, partition_col: str) -> dict[int, int]:
@@ -182,7 +185,8 @@ def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, e
     try:
         # The shuffle after the barrier stage makes it a map stage, which Spark reruns
         # (all tasks together) after a failure; a failed barrier result stage is final.
-        trained = routed.mapInArrow(task, _RESULT_SCHEMA, barrier=True)
+        # One GPU per training process when the executors have GPUs (stage-level scheduling).
+        trained = routed.mapInArrow(task, _RESULT_SCHEMA, barrier=True, profile=training_profile(spark))
         rows = trained.repartition(1).collect()
     except Exception as error:  # a Py4J/Spark error that wraps the worker's own
         raise _surfaced(error) from None
@@ -257,6 +261,7 @@ def _apply(model, results: list[dict], num_workers: int):
         "steps_per_epoch": chief["steps_per_epoch"],
         "train_s": max(r["train_s"] for r in by_rank),
         "step_s": [r["step_s"] for r in by_rank],
+        "devices_per_worker": [r.get("devices") for r in by_rank],
     }
     return history
 
@@ -290,7 +295,7 @@ def _barrier_task(batches, *, job: WorkerJob, package):
         result = _run_worker(workdir, rank, dataclasses.replace(
             job, rank=rank, cached=train, validation=validation, coordinator=infos[0]["coordinator"],
             worker_rows=[i["train_rows"] for i in infos], validation_rows=[i["validation_rows"] for i in infos],
-            package=package.value, threads=threads_per_task(),
+            package=package.value, threads=threads_per_task(), gpu_addresses=task_gpu_addresses(),
         ))
         yield _result_row(rank, result)
     finally:
@@ -380,7 +385,8 @@ def _run_worker(workdir: str, rank: int, job: WorkerJob) -> dict:
                               error_path=os.path.join(workdir, "error.txt"), scratch=os.path.join(workdir, "scratch"))
     with open(job_path, "wb") as f:
         cloudpickle.dump(job, f)
-    env = dict(os.environ, KERAS_BACKEND="jax")
+    # The process sees only its task's GPU, set before it imports JAX.
+    env = dict(os.environ, KERAS_BACKEND="jax", **gpu_env("jax", job.gpu_addresses, 1.0))
     done = subprocess.run([sys.executable, "-m", "keras_spark.training_worker", job_path], env=env)
     if done.returncode < 0 and not os.path.exists(job.error_path):
         # Killed (JAX aborts a rank whose peer died): let the peer's own error fail the stage first.

@@ -19,7 +19,7 @@ from pyspark.sql import types as T
 
 from keras_spark import sequences, sparse
 from keras_spark.binding import ColumnBinding
-from keras_spark.spark.session import ship_bytes
+from keras_spark.spark.session import ship_bytes, task_gpu_amount
 
 OUTPUT_COLUMN = "model_output"
 # Default scoring batch: rows of input bytes enough to amortise the backend's per-call cost
@@ -76,7 +76,6 @@ def _load_model(model_id: str, package, backend: str):
     model = _models_by_id.get(model_id)
     if model is None:
         os.environ.setdefault("KERAS_BACKEND", backend)
-        limit_threads(threads_per_task())
         if hasattr(package, "value"):  # sent once ahead of the tasks (session.ship_bytes)
             package = package.value
         from keras_spark.model_package import open_model
@@ -141,11 +140,16 @@ def default_batch_rows(row_bytes: int) -> int:
     return max(low, min(high, PREDICT_BATCH_BYTES // max(1, row_bytes)))
 
 
-def _score_batches(batches, *, model_id, package, backend, bindings, output_types, batch_size):
+def _score_batches(batches, *, model_id, package, backend, bindings, output_types, batch_size, gpu_amount=0.0):
     """Executor side: each Arrow batch -> the same batch plus the `model_output` struct."""
+    from keras_spark import devices
+
+    # This task's GPUs (or the CPU thread cap) before the backend's first import in this worker.
+    placement = devices.use_task_devices(backend, gpu_amount)
     import keras
 
     model = _load_model(model_id, package, backend)
+    devices.after_backend_import(placement)
     names = [t for t, _ in output_types]
     trims = [sequences.trims_output(t.shape[1:], bindings) for t in model.outputs]
     padding = next((b.sequence.padding for b in bindings if b.kind == sequences.SEQUENCE), "post")
@@ -211,5 +215,6 @@ def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int 
         bindings=bindings,
         output_types=output_types,
         batch_size=batch_size,
+        gpu_amount=task_gpu_amount(df.sparkSession),  # the share each task's GPU addresses stand for
     )
     return df.mapInArrow(score, schema)

@@ -118,3 +118,49 @@ def _artifact_path(name: str) -> str:
             return path
     raise FileNotFoundError(f"keras-spark: the session artifact {name} is not on this executor (looked in "
                             f"{candidates}); was the session's artifact directory cleaned up?")
+
+
+# -- GPUs (the settings; devices.py does the pinning) ------------------------------------
+def _conf_float(spark, key: str) -> float:
+    try:
+        value = spark.conf.get(key, None)
+    except Exception:  # a Connect server that refuses to show a static setting
+        return 0.0
+    return float(value) if value else 0.0
+
+
+def task_gpu_amount(spark) -> float:
+    """`spark.task.resource.gpu.amount`: the share of a GPU each task's addresses stand for (0: none)."""
+    return _conf_float(spark, "spark.task.resource.gpu.amount")
+
+
+def executor_gpu_amount(spark) -> float:
+    """`spark.executor.resource.gpu.amount`: GPUs each executor has (0: the application asked for none)."""
+    return _conf_float(spark, "spark.executor.resource.gpu.amount")
+
+
+def executor_count(spark) -> int | None:
+    """Executors of the application: local-cluster's n, `spark.executor.instances`, else the live ones."""
+    master = spark.conf.get("spark.master", None) or ""
+    cluster = re.fullmatch(r"local-cluster\[\s*(\d+)\s*,\s*\d+\s*,\s*\d+\s*\]", master)
+    if cluster:
+        return int(cluster.group(1))
+    configured = spark.conf.get("spark.executor.instances", None)
+    if configured:
+        return int(configured)
+    if not is_connect(spark):
+        infos = spark.sparkContext._jsc.sc().statusTracker().getExecutorInfos()
+        return max(0, len(infos) - 1)  # the driver is listed too
+    return None
+
+
+def one_gpu_per_task_profile(spark):
+    """A stage-level `ResourceProfile`: each task of the stage takes one whole GPU and the usual cores.
+
+    Only task resources (a TaskResourceProfile): Spark supports it on standalone, YARN and
+    Kubernetes without dynamic allocation, on the executors the application already has.
+    """
+    from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
+    cpus = int(spark.conf.get("spark.task.cpus", None) or 1)
+    return ResourceProfileBuilder().require(TaskResourceRequests().cpus(cpus).resource("gpu", 1.0)).build
