@@ -92,11 +92,7 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
         """Sets the Keras model (a compiled keras.Model) and any of the Params by name."""
         if model is not None:
             params["kerasModelBytes"] = model_to_keras_bytes(model)
-        unknown = [name for name in params if not self.hasParam(name)]
-        if unknown:
-            raise TypeError(f"KerasEstimator has no Param(s) {unknown}; its Params are "
-                            f"{sorted(p.name for p in self.params)}")
-        return self._set(**params)
+        return super().setParams(**params)
 
     def setModel(self, model) -> KerasEstimator:
         return self.setParams(model=model)

@@ -79,6 +79,14 @@ class KerasScoringParams(Params):
         self._setDefault(inputCols={}, labelCols={}, predictionStyle="none", predictionCol="prediction",
                          probabilityCol="probability", rawPredictionCol="rawPrediction")
 
+    def setParams(self, **params):
+        """Sets any of the stage's Params by name (`stage.setParams(predictionStyle="regression")`)."""
+        unknown = [name for name in params if not self.hasParam(name)]
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no Param(s) {unknown}; its Params are "
+                            f"{sorted(p.name for p in self.params)}")
+        return self._set(**params)
+
     def getInputCols(self) -> dict:
         return self.getOrDefault(self.inputCols)
 
