@@ -44,7 +44,12 @@ def model_to_keras_bytes(model) -> bytes:
     if not model.compiled:
         raise ValueError("model is not compiled: call model.compile(optimizer, loss, ...) before giving it to "
                          "KerasEstimator (the estimator trains it with fit)")
-    return model_to_bytes(as_keras_spark_model(model))
+    model = as_keras_spark_model(model)
+    if model.optimizer is not None and not model.optimizer.built:
+        # Saved unbuilt, the optimizer's file holds fewer variables than the copy each fit loads
+        # builds, and Keras warns at every load; built (all state zero) it loads as saved.
+        model.optimizer.build(model.trainable_variables)
+    return model_to_bytes(model)
 
 
 def keras_model_from_bytes(model_bytes: bytes):
