@@ -72,3 +72,16 @@ def run_scenarios(script: str, env: dict, timeout: int) -> dict:
             results[result["name"]] = result
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return results
+
+
+def run_scenario_in(script: str, folder, scenario: str, env: dict, timeout: int = 900) -> dict:
+    """Run tests/<script> <folder> <scenario> in its own process, in `folder`; its one `RESULT {json}`."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name(script)), str(folder), scenario], env=env,
+                          cwd=folder, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return json.loads(done.stdout.split("RESULT ", 1)[1].splitlines()[0])

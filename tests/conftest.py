@@ -29,7 +29,9 @@ def connect_server():
     """One Spark Connect server for the whole run, stopped at its end."""
     from connect_server import start_connect_server
 
-    server = start_connect_server(conf=SPARK_CONF)
+    # A test server's default file system is local: let copyFromLocalToFs write there (saved pipelines'
+    # model.keras, keras_spark.spark.session.write_file), as Spark allows for test servers only.
+    server = start_connect_server(conf={**SPARK_CONF, "spark.sql.artifact.copyFromLocalToFs.allowDestLocal": "true"})
     yield server
     server.stop()
 

@@ -164,3 +164,50 @@ def one_gpu_per_task_profile(spark):
 
     cpus = int(spark.conf.get("spark.task.cpus", None) or 1)
     return ResourceProfileBuilder().require(TaskResourceRequests().cpus(cpus).resource("gpu", 1.0)).build
+
+
+# -- files beside what Spark writes (a saved pipeline stage's model.keras) ---------------
+_FILE_CHUNK = 8 << 20
+
+
+def write_file(spark, path: str, data: bytes) -> None:
+    """`data` as the file `path` on the file system Spark's own writers use for that path.
+
+    Classic: Hadoop's FileSystem through the driver's JVM (HDFS, S3A, a Volume, local: any
+    scheme Spark can write). Connect (no JVM here): `copyFromLocalToFs`, which uploads the bytes
+    and has the server copy them into its default file system; the path must have no scheme,
+    and a server whose default file system is local refuses unless it was started with
+    `spark.sql.artifact.copyFromLocalToFs.allowDestLocal=true` (Spark's switch for test servers).
+    """
+    if not is_connect(spark):
+        jvm = spark.sparkContext._jvm
+        hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
+        stream = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).create(hadoop_path, True)
+        try:
+            for start in range(0, len(data), _FILE_CHUNK):
+                stream.write(bytearray(data[start:start + _FILE_CHUNK]))
+        finally:
+            stream.close()
+        return
+    destination = path[len("file:"):] if path.startswith("file:") else path
+    with scratch.scratch_dir("upload_", guard=False) as tmp:  # owned: swept if this process dies
+        local = os.path.join(tmp, os.path.basename(destination.rstrip("/")) or "file")
+        with open(local, "wb") as f:
+            f.write(data)
+        try:
+            spark.copyFromLocalToFs(local, destination)
+        except Exception as error:
+            raise OSError(
+                f"keras-spark could not write {path} through Spark Connect (copyFromLocalToFs): {error}. Give a "
+                f"path without a scheme on the server's default file system (e.g. /Volumes/..., an HDFS path); a "
+                f"server whose default file system is local must be started with "
+                f"spark.sql.artifact.copyFromLocalToFs.allowDestLocal=true"
+            ) from error
+
+
+def read_file(spark, path: str) -> bytes:
+    """The bytes of the file `path`, read by Spark (`binaryFile`), for classic and Connect sessions alike."""
+    row = spark.read.format("binaryFile").load(path).select("content").first()
+    if row is None:
+        raise FileNotFoundError(f"keras-spark: {path} holds no file")
+    return bytes(row[0])

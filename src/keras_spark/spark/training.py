@@ -94,8 +94,12 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
                   num_parallel_calls=None, cache_dir=None, shuffle=True, validation_data=None,
                   validation_split=0.0, validation_batch_size=None, sample_weight=None, initial_epoch=0,
                   steps_per_epoch=None, validation_steps=None, num_workers=1, allow_non_finite=False,
-                  class_weight=None, custom_objects=None, image_resize=None, **keras_kwargs):
-    """Model.fit on a DataFrame: labels are the columns named like the outputs, weights a column's name."""
+                  class_weight=None, custom_objects=None, image_resize=None, shuffle_seed=None, **keras_kwargs):
+    """Model.fit on a DataFrame: labels are the columns named like the outputs, weights a column's name.
+
+    `shuffle_seed` fixes the shuffle order without touching the global `random` (pyspark.ml stages
+    fit in several threads at once under a CrossValidator).
+    """
     _reject("y", y, "labels are the columns named like the model's outputs")
     _check_class_weight(model, sample_weight, class_weight)
     sequence_options = sequences.SequenceOptions.pop_from(keras_kwargs)
@@ -128,7 +132,7 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
             initial_epoch=initial_epoch, allow_non_finite=allow_non_finite, class_weight=class_weight,
             custom_objects=custom_objects, **keras_kwargs,
         )
-    seed = random.getrandbits(63)  # keras.utils.set_random_seed seeds `random`
+    seed = random.getrandbits(63) if shuffle_seed is None else int(shuffle_seed)  # set_random_seed seeds `random`
 
     verbose = keras_kwargs.get("verbose", "auto")
     with contextlib.ExitStack() as stack:

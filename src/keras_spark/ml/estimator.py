@@ -1,0 +1,220 @@
+"""KerasEstimator and KerasModel: a Keras model as a pyspark.ml Estimator and the Transformer it fits.
+
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import VectorAssembler, StandardScaler
+    from keras_spark.ml import KerasEstimator
+
+    keras_stage = KerasEstimator(model=compiled_keras_model, epochs=5, batchSize=64,
+                                 inputCols={"features": "scaled"}, labelCols={"label": "label"},
+                                 predictionStyle="classification")
+    pipeline = Pipeline(stages=[VectorAssembler(...), StandardScaler(...), keras_stage])
+    fitted = pipeline.fit(train)             # KerasSparkModel.fit on the DataFrame
+    scored = fitted.transform(test)          # KerasSparkModel.predict, plus prediction/probability
+
+The estimator holds the compiled model as `.keras` bytes (a Param), never as a live object:
+every `fit` opens its own copy from the bytes, so a CrossValidator with `parallelism > 1`
+trains several copies in threads without sharing one (Keras models are not thread safe),
+and a saved pipeline stores a plain `.keras` file, no pickled code.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from pyspark.ml import Estimator, Model
+from pyspark.ml.util import MLReadable, MLWritable
+from pyspark.sql import functions as F
+
+from keras_spark.errors import BindingError
+from keras_spark.ml.outputs import flatten_outputs
+from keras_spark.ml.params import KerasScoringParams, KerasTrainingParams
+
+_LOADING = threading.Lock()  # Keras's loading touches process-wide registries; one thread at a time
+
+
+def model_to_keras_bytes(model) -> bytes:
+    """A compiled Keras model (functional or KerasSparkModel) as the .keras bytes a stage holds."""
+    import keras
+
+    from keras_spark.model_package import model_to_bytes
+    from keras_spark.models import as_keras_spark_model
+
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"model must be a compiled keras.Model; got {type(model).__name__}")
+    if not model.compiled:
+        raise ValueError("model is not compiled: call model.compile(optimizer, loss, ...) before giving it to "
+                         "KerasEstimator (the estimator trains it with fit)")
+    model = as_keras_spark_model(model)
+    if model.optimizer is not None and not model.optimizer.built:
+        # Saved unbuilt, the optimizer's file holds fewer variables than the copy each fit loads
+        # builds, and Keras warns at every load; built (all state zero) it loads as saved.
+        model.optimizer.build(model.trainable_variables)
+    return model_to_bytes(model)
+
+
+def keras_model_from_bytes(model_bytes: bytes):
+    """A fresh KerasSparkModel (its own layers, weights and optimizer) from a stage's .keras bytes."""
+    from keras_spark.model_package import model_from_bytes
+    from keras_spark.models import as_keras_spark_model
+
+    with _LOADING:
+        return as_keras_spark_model(model_from_bytes(model_bytes))
+
+
+def _with_keras_names(df, mapping: dict):
+    """`df` with each mapped column also reachable under its Keras name; the names added."""
+    renamed = {name: column for name, column in mapping.items() if name != column}
+    for name, column in renamed.items():
+        if column not in df.columns:
+            raise BindingError(f"column '{column}' (mapped to Keras name '{name}') is not in the DataFrame; "
+                               f"found columns {df.columns}")
+    clashes = [name for name in renamed if name in df.columns]
+    if clashes:
+        raise BindingError(f"the DataFrame has column(s) {clashes} named like Keras inputs/outputs that are mapped "
+                           f"to other columns ({ {n: renamed[n] for n in clashes} }); rename or drop them")
+    if not renamed:
+        return df, []
+    return df.select("*", *[F.col(f"`{c}`").alias(n) for n, c in renamed.items()]), list(renamed)
+
+
+class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
+    """A pyspark.ml Estimator that trains a compiled Keras model on a DataFrame (`KerasSparkModel.fit`).
+
+    Params (all settable in the constructor, with `setParams`, or by a ParamGridBuilder):
+    `epochs`, `batchSize`, `learningRate` (overrides the compiled optimizer's), `partitionCol` /
+    `numPartitions` (made from a row hash when the column is absent), `numWorkers`,
+    `validationFraction` (or `setValidationData(df)`), `inputCols` / `labelCols`
+    ({Keras name: column}; by name otherwise), `seed`, `verbose`, and the KerasModel's
+    `predictionStyle`, `predictionCol`, `probabilityCol`, `rawPredictionCol`, `predictBatchSize`.
+    """
+
+    def __init__(self, model=None, **params) -> None:
+        super().__init__()
+        self._validation_data = None
+        self.setParams(model=model, **params)
+
+    def setParams(self, model=None, **params) -> KerasEstimator:
+        """Sets the Keras model (a compiled keras.Model) and any of the Params by name."""
+        if model is not None:
+            params["kerasModelBytes"] = model_to_keras_bytes(model)
+        return super().setParams(**params)
+
+    def setModel(self, model) -> KerasEstimator:
+        return self.setParams(model=model)
+
+    def setEpochs(self, value: int) -> KerasEstimator:
+        return self._set(epochs=value)
+
+    def setBatchSize(self, value: int) -> KerasEstimator:
+        return self._set(batchSize=value)
+
+    def setLearningRate(self, value: float) -> KerasEstimator:
+        return self._set(learningRate=value)
+
+    def setValidationData(self, df) -> KerasEstimator:
+        """A DataFrame validated after each epoch (instead of `validationFraction`; not saved with the stage)."""
+        self._validation_data = df
+        return self
+
+    def getKerasModel(self):
+        """A fresh copy of the (untrained) Keras model this estimator holds."""
+        return keras_model_from_bytes(self.getOrDefault(self.kerasModelBytes))
+
+    def _fit(self, dataset) -> KerasModel:
+        if not self.isDefined(self.kerasModelBytes):
+            raise ValueError("KerasEstimator has no model: pass model=<compiled keras.Model>")
+        model = self.getKerasModel()  # this fit's own copy: fits in other threads never share it
+        if self.isSet(self.learningRate):
+            model.optimizer.learning_rate = self.getOrDefault(self.learningRate)
+        train, validation = dataset, self._validation_data
+        fraction = self.getOrDefault(self.validationFraction)
+        if validation is None and fraction > 0:
+            train, validation = dataset.randomSplit([1.0 - fraction, fraction], seed=self.getOrDefault(self.seed))
+        mapping = {**self.getInputCols(), **self.getLabelCols()}
+        train, _ = self._for_training(train, mapping)
+        if validation is not None:
+            validation, _ = self._for_training(validation, mapping)
+        history = model.fit(
+            train, batch_size=self.getOrDefault(self.batchSize), epochs=self.getOrDefault(self.epochs),
+            partition_col=self.getOrDefault(self.partitionCol), num_workers=self.getOrDefault(self.numWorkers),
+            validation_data=validation, verbose=self.getOrDefault(self.verbose),
+            shuffle_seed=self.getOrDefault(self.seed),
+        )
+        fitted = self._copyValues(KerasModel())  # the scoring Params this estimator was given
+        fitted._set(kerasModelBytes=model_to_keras_bytes(model))  # the trained weights
+        fitted.history = dict(history.history) if history is not None else {}
+        return fitted
+
+    def _for_training(self, df, mapping: dict):
+        df, added = _with_keras_names(df, mapping)
+        partition_col = self.getOrDefault(self.partitionCol)
+        if partition_col not in df.columns:
+            ids = F.pmod(F.xxhash64(F.monotonically_increasing_id(), F.lit(self.getOrDefault(self.seed))),
+                         F.lit(self.getOrDefault(self.numPartitions)))
+            df = df.withColumn(partition_col, ids.cast("int"))
+        return df, added
+
+    def write(self):
+        from keras_spark.ml.persistence import KerasStageWriter
+
+        return KerasStageWriter(self)
+
+    @classmethod
+    def read(cls):
+        from keras_spark.ml.persistence import KerasStageReader
+
+        return KerasStageReader(cls)
+
+
+class KerasModel(Model, KerasScoringParams, MLWritable, MLReadable):
+    """The fitted stage: `transform(df)` is `KerasSparkModel.predict(df)` on the executors.
+
+    The result keeps every column of `df` and adds `model_output` (a struct, one field per
+    Keras output); with `predictionStyle` 'regression' or 'classification' it also adds the
+    columns Spark ML's evaluators read, from the model's first output. `history` holds the
+    Keras History of the fit that made it (not saved with the stage).
+    """
+
+    def __init__(self, model_bytes: bytes | None = None) -> None:
+        super().__init__()
+        self.history: dict = {}
+        self._keras_model = None
+        self._keras_model_lock = threading.Lock()
+        if model_bytes is not None:
+            self._set(kerasModelBytes=model_bytes)
+
+    def copy(self, extra=None) -> KerasModel:
+        that = super().copy(extra)
+        that._keras_model, that._keras_model_lock = None, threading.Lock()  # each copy opens its own
+        return that
+
+    def getKerasModel(self):
+        """The trained model as a KerasSparkModel (opened once per stage object, then kept)."""
+        with self._keras_model_lock:
+            if self._keras_model is None:
+                self._keras_model = keras_model_from_bytes(self.getOrDefault(self.kerasModelBytes))
+            return self._keras_model
+
+    def _transform(self, dataset):
+        model = self.getKerasModel()
+        df, added = _with_keras_names(dataset, self.getInputCols())
+        batch_size = self.getOrDefault(self.predictBatchSize) if self.isDefined(self.predictBatchSize) else None
+        with self._keras_model_lock:  # predict reads the model's config and weights on this thread
+            scored = model.predict(df, batch_size=batch_size)
+        if added:
+            scored = scored.drop(*added)
+        return flatten_outputs(
+            scored, model.output_names[0], self.getPredictionStyle(), prediction_col=self.getPredictionCol(),
+            probability_col=self.getProbabilityCol(), raw_prediction_col=self.getRawPredictionCol(),
+        )
+
+    def write(self):
+        from keras_spark.ml.persistence import KerasStageWriter
+
+        return KerasStageWriter(self)
+
+    @classmethod
+    def read(cls):
+        from keras_spark.ml.persistence import KerasStageReader
+
+        return KerasStageReader(cls)

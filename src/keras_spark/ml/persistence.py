@@ -1,0 +1,68 @@
+"""Saving and loading KerasEstimator / KerasModel, alone or inside a Pipeline(Model), with no pickled code.
+
+    <path>/metadata/     Spark ML's own JSON metadata (DefaultParamsWriter): class, uid, Params
+    <path>/model.keras   the Keras model (architecture, weights, compile config, optimizer state)
+
+Both are written where Spark writes (the path's Hadoop file system; over Spark Connect, the
+server's), so `PipelineModel.load(path)` works from a new session, classic or Connect.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, MLWriter
+
+from keras_spark.spark.session import is_connect, read_file, write_file
+
+MODEL_FILE = "model.keras"
+_BYTES_PARAM = "kerasModelBytes"  # saved as the .keras file, not inside the JSON metadata
+
+
+def _class_name(cls) -> str:
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+class KerasStageWriter(MLWriter):
+    """Writes a KerasEstimator or KerasModel: Spark ML metadata plus the model as a .keras file."""
+
+    def __init__(self, instance) -> None:
+        super().__init__()
+        self.instance = instance
+
+    def _handleOverwrite(self, path: str) -> None:
+        if not is_connect(self.sparkSession):
+            return super()._handleOverwrite(path)
+        from pyspark.ml.connect.readwrite import RemoteMLWriter
+
+        RemoteMLWriter.handleOverwrite(path, True)
+
+    def saveImpl(self, path: str) -> None:
+        params = {p.name: v for p, v in self.instance._paramMap.items() if p.name != _BYTES_PARAM}
+        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession, paramMap=params)
+        if self.instance.isDefined(self.instance.kerasModelBytes):
+            write_file(self.sparkSession, os.path.join(path, MODEL_FILE),
+                       self.instance.getOrDefault(self.instance.kerasModelBytes))
+
+
+class KerasStageReader(MLReader):
+    """Reads what KerasStageWriter wrote, into a new instance of `cls` with the saved uid and Params."""
+
+    def __init__(self, cls) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path: str):
+        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession, _class_name(self.cls))
+        instance = self.cls()
+        instance._resetUid(metadata["uid"])
+        instance._setDefault(**metadata.get("defaultParamMap", {}))
+        instance._set(**metadata["paramMap"])
+        model_path = os.path.join(path, MODEL_FILE)
+        try:
+            model_bytes = read_file(self.sparkSession, model_path)
+        except Exception as error:
+            if self.cls.__name__ == "KerasEstimator" and "PATH_NOT_FOUND" in str(error):
+                return instance  # an estimator saved before it was given a model
+            raise
+        return instance._set(**{_BYTES_PARAM: model_bytes})
