@@ -197,7 +197,7 @@ def main():
     parser.add_argument("--big-model-mb", type=int, default=300)
     parser.add_argument("--classic-predict", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
-    parser.add_argument("--only", choices=["memory"], help="measure only these figures")
+    parser.add_argument("--only", choices=["memory", "fit"], help="measure only these figures")
     args = parser.parse_args()
     if args.memory_child:
         return memory_child(args.memory_child, args.cap_mb)
@@ -218,6 +218,9 @@ def main():
             return
         spark = SparkSession.builder.remote(server.url).getOrCreate()
         figures["fit"] = fit_figures(spark, args.rows)
+        if args.only == "fit":
+            emit("connect_fit", figures)
+            return
         print(json.dumps(figures["fit"]), flush=True)
         figures["predict"] = {"connect_rows_per_s": predict_rows_per_s(spark, args.rows)}
         figures["big_model"] = big_model_figures(spark, args.big_model_mb)
