@@ -18,38 +18,30 @@ def _all_batches(model, cached):
     return batches
 
 
-def test_streaming_through_the_driver_gives_the_same_batches(spark):
+def _client_path_matches_executor_path(spark):
     df = numeric_frame(spark, rows=3000, partitions=5)
     model = regression_model()
     bindings = bind_inputs(model, df.schema) + bind_labels(model, df.schema)
     direct = extract(df, bindings, "partition_id")
-    streamed = extract(df, bindings, "partition_id", stream=True)
+    through_client = extract(df, bindings, "partition_id", stream=True)
     try:
-        assert streamed.rows == direct.rows == 3000
-        assert streamed.partition_ids == direct.partition_ids == [0, 1, 2, 3, 4]
-        for (x1, y1), (x2, y2) in zip(_all_batches(model, direct), _all_batches(model, streamed), strict=True):
+        assert through_client.rows == direct.rows == 3000
+        assert through_client.partition_ids == direct.partition_ids == [0, 1, 2, 3, 4]
+        for (x1, y1), (x2, y2) in zip(_all_batches(model, direct), _all_batches(model, through_client), strict=True):
             np.testing.assert_array_equal(x1, x2)
             np.testing.assert_array_equal(y1, y2)
     finally:
         direct.remove()
-        streamed.remove()
+        through_client.remove()
+
+
+def test_rows_through_the_client_give_the_same_batches(spark):
+    _client_path_matches_executor_path(spark)
 
 
 def test_client_reads_in_small_chunks_give_the_same_batches(spark, monkeypatch):
-    df = numeric_frame(spark, rows=3000, partitions=5)
-    model = regression_model()
-    bindings = bind_inputs(model, df.schema) + bind_labels(model, df.schema)
-    direct = extract(df, bindings, "partition_id")
-    monkeypatch.setattr(extract_module, "CHUNK_BYTES", 4096)  # a few dozen rows a chunk: many client reads
-    chunked = extract(df, bindings, "partition_id", stream=True)
-    try:
-        assert chunked.rows == 3000 and chunked.partition_ids == direct.partition_ids
-        for (x1, y1), (x2, y2) in zip(_all_batches(model, direct), _all_batches(model, chunked), strict=True):
-            np.testing.assert_array_equal(x1, x2)
-            np.testing.assert_array_equal(y1, y2)
-    finally:
-        direct.remove()
-        chunked.remove()
+    monkeypatch.setattr(extract_module, "CHUNK_BYTES", 4096)  # a few dozen rows a chunk: many persisted reads
+    _client_path_matches_executor_path(spark)
 
 
 def test_id_ranges_cover_every_row_once_in_order():
