@@ -269,3 +269,17 @@ def test_an_abandoned_fit_exits_without_leaks_threads_or_directories(lifecycle):
     stderr = run.stderr()
     assert "leaked" not in stderr, stderr[-3000:]
     _assert_nothing_left(run)
+
+
+def test_a_sigint_that_keras_swallows_is_raised_again_at_the_next_pull():
+    import keras_spark.shutdown as shutdown
+
+    with shutdown.terminate_cleanly():
+        try:  # as Keras's pythonify_logs does around the wait for a step's metrics
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)
+        except:  # noqa: E722
+            pass
+        with pytest.raises(KeyboardInterrupt):
+            shutdown.raise_if_interrupted()
+    shutdown.raise_if_interrupted()  # after the fit: nothing pending

@@ -24,7 +24,7 @@ import numpy as np
 
 from keras_spark import _core, sequences, sparse
 from keras_spark.device_prefetch import DeviceWait, stage_on_device
-from keras_spark.shutdown import NativeHandle
+from keras_spark.shutdown import NativeHandle, raise_if_interrupted
 from keras_spark.spark.extract import CachedData
 from keras_spark.weights import class_weight_table, class_weights_of
 
@@ -137,6 +137,7 @@ class BatchFeed:
             return self._pipeline.get() if self._pipeline is not None else None
 
     def _next(self, reader: NativeHandle):
+        raise_if_interrupted()  # a Ctrl-C that Keras swallowed (see shutdown.py)
         try:
             return sequences.finish_arrays(reader.get().next(), self._cached.bindings)
         except RuntimeError:

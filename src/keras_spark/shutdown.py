@@ -4,7 +4,10 @@
   scheduler, `timeout`, a cancelled notebook cell) first removes this process's scratch
   directories, then does what the previous handler would have done (by default: end the
   process with SIGTERM's status). Installed only in the main thread, and put back after.
-  SIGINT needs nothing here: it raises KeyboardInterrupt and the `finally` blocks clean up.
+  SIGINT raises KeyboardInterrupt as before and the `finally` blocks clean up; it is also
+  noted, because Keras can swallow it (`pythonify_logs` has a bare `except:` around the
+  wait for a step's metrics, where a JAX step spends most of its time): the feed's next
+  pull in the main thread raises it again (`raise_if_interrupted`).
 - `NativeHandle` holds a C++ object (the batch pipeline) for its Python owner and closes
   it when the owner is collected or the interpreter exits, so its threads are joined and
   nanobind sees no leaked instance even when a fit was abandoned in a thread.
@@ -26,15 +29,30 @@ from typing import Generic, TypeVar
 from keras_spark import scratch
 
 _EXIT_WAIT_S = 2.0  # at exit: time for a thread woken by close() to leave the native call
+_interrupted = threading.Event()  # SIGINT arrived while terminate_cleanly() ran
+
+
+def raise_if_interrupted() -> None:
+    """In the main thread: KeyboardInterrupt if a SIGINT arrived during this fit and was swallowed."""
+    if _interrupted.is_set() and threading.current_thread() is threading.main_thread():
+        raise KeyboardInterrupt("keras-spark: interrupted (SIGINT) during fit/evaluate")
 
 
 @contextlib.contextmanager
 def terminate_cleanly() -> Iterator[None]:
-    """While the block runs (main thread only), SIGTERM removes our scratch directories first."""
+    """While the block runs (main thread only), SIGTERM removes our scratch directories first; SIGINT is noted."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)
+    previous_int = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):
+        _interrupted.set()
+        if callable(previous_int):
+            previous_int(signum, frame)  # pyspark's: cancels the Spark jobs, then KeyboardInterrupt
+        elif previous_int != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
     def on_sigterm(signum, frame):
         scratch.remove_owned()
@@ -44,12 +62,17 @@ def terminate_cleanly() -> Iterator[None]:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 
+    _interrupted.clear()
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_sigint)
     try:
         yield
     finally:
         if signal.getsignal(signal.SIGTERM) is on_sigterm:  # unless someone replaced ours meanwhile
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        if signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.default_int_handler)
+        _interrupted.clear()
 
 
 Native = TypeVar("Native")
