@@ -38,6 +38,23 @@ def to_numpy(df, *columns):
     return out
 
 
+def frame_of_sizes(spark, sizes, seed: int = 0, scale: float = 1.0, offset: float = 0.0):
+    """x (4 normal floats) and y = scale * sum(x) + offset, with partition id i holding sizes[i] rows."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    pid = np.concatenate([np.full(s, i) for i, s in enumerate(sizes)])
+    x = rng.normal(size=(len(pid), 4)).astype("float32")
+    return spark.createDataFrame(pd.DataFrame({"x": list(x), "y": scale * x.sum(1) + offset, "partition_id": pid}))
+
+
+def report(name, **figures):
+    """A scenario script's result: one `RESULT {json}` line that run_scenarios reads back."""
+    import json
+
+    print("RESULT " + json.dumps(dict(name=name, **figures)), flush=True)
+
+
 def regression_model(features: int = 4) -> KerasSparkModel:
     x = keras.Input(shape=(features,), name="x")
     h = keras.layers.Dense(8, activation="relu")(x)

@@ -4,7 +4,6 @@ Prints one JSON line per scenario: `RESULT {"name": ..., ...}`. The master is
 local-cluster[2,1,1024]: two executors, and a second attempt for a failed barrier stage.
 """
 
-import json
 import os
 import shutil
 import sys
@@ -27,7 +26,7 @@ os.environ["KERAS_SPARK_TEST_TAG"] = run_tag = f"keras_spark_dp_{uuid.uuid4().he
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from builders import frame_of_sizes, report  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
 
 from keras_spark.models import KerasSparkModel  # noqa: E402
@@ -40,15 +39,8 @@ spark.sparkContext.setLogLevel("OFF")
 scratch = tempfile.mkdtemp(prefix="dp_test_")
 
 
-def report(name, **figures):
-    print("RESULT " + json.dumps(dict(name=name, **figures)), flush=True)
-
-
 def frame(sizes, seed=0):
-    rng = np.random.default_rng(seed)
-    pid = np.concatenate([np.full(s, i) for i, s in enumerate(sizes)])
-    x = rng.normal(size=(len(pid), 4)).astype("float32")
-    return spark.createDataFrame(pd.DataFrame({"x": list(x), "y": 2 * x.sum(1) + 1, "partition_id": pid}))
+    return frame_of_sizes(spark, sizes, seed, scale=2.0, offset=1.0)
 
 
 def model():

@@ -9,7 +9,6 @@ the two tasks of an executor share its GPU. Every scoring and training process a
 what it pinned to $KERAS_SPARK_DEVICE_LOG; each scenario prints `RESULT {json}`.
 """
 
-import json
 import os
 import shutil
 import sys
@@ -28,8 +27,7 @@ with open(discovery, "w") as f:
 os.chmod(discovery, 0o755)
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from builders import frame_of_sizes, report  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
 
 from keras_spark.devices import DEVICE_LOG_ENV, read_log  # noqa: E402
@@ -51,15 +49,8 @@ spark.sparkContext.setLogLevel("OFF")
 session_s = time.perf_counter() - started
 
 
-def report(name, **figures):
-    print("RESULT " + json.dumps(dict(name=name, **figures)), flush=True)
-
-
 def frame(sizes, seed=0):
-    rng = np.random.default_rng(seed)
-    pid = np.concatenate([np.full(s, i) for i, s in enumerate(sizes)])
-    x = rng.normal(size=(len(pid), 4)).astype("float32")
-    return spark.createDataFrame(pd.DataFrame({"x": list(x), "y": x.sum(1), "partition_id": pid}))
+    return frame_of_sizes(spark, sizes, seed)
 
 
 def model():
