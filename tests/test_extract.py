@@ -3,11 +3,13 @@
 import os
 
 import numpy as np
+import pytest
 from builders import numeric_frame, regression_model
 
 from keras_spark.binding import bind_inputs, bind_labels
 from keras_spark.feed import BatchFeed
 from keras_spark.spark import extract as extract_module
+from keras_spark.spark import session
 from keras_spark.spark.extract import extract, id_ranges
 
 
@@ -39,7 +41,19 @@ def test_rows_through_the_client_give_the_same_batches(spark):
     _client_path_matches_executor_path(spark)
 
 
+def test_a_connect_client_reads_the_servers_arrow_stream_not_chunks(spark, monkeypatch):
+    if not session.is_connect(spark):
+        pytest.skip("a classic session has no Connect result stream: its client path reads chunks")
+
+    def chunked(*args):
+        raise AssertionError("a Connect client read in chunks")
+
+    monkeypatch.setattr(extract_module, "_chunked_reads", chunked)
+    _client_path_matches_executor_path(spark)
+
+
 def test_client_reads_in_small_chunks_give_the_same_batches(spark, monkeypatch):
+    monkeypatch.setattr(extract_module, "_server_stream", lambda df: None)  # Connect too: no stream, chunks
     monkeypatch.setattr(extract_module, "CHUNK_BYTES", 4096)  # a few dozen rows a chunk: many persisted reads
     _client_path_matches_executor_path(spark)
 

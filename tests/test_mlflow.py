@@ -20,7 +20,9 @@ def test_autolog_records_one_run_per_epoch_metrics_and_a_model_that_serves_the_s
     # not read, or a generator (JAX, PyTorch), whose batch size it reads off the first batch
     assert result["params"]["batch_size"] == ("None" if keras.backend.backend() == "tensorflow" else "32")
     assert result["loaded_class"] == "Functional"  # mlflow.keras.load_model, no keras-spark needed
-    assert result["max_served_diff"] == 0.0  # mlflow.pyfunc.spark_udf == model.predict(df)
+    # mlflow.pyfunc.spark_udf == model.predict(df), up to float32 rounding: the two score in batches of
+    # different sizes, and a backend's kernels may sum in another order for another batch size
+    assert result["max_served_diff"] < 1e-5
 
 
 @only_in_the_jax_pass
@@ -29,4 +31,4 @@ def test_mlflow_logger_with_two_workers_logs_once_into_one_run(tmp_path):
     assert result["runs"] == 1 and result["models"] == 1
     assert result["metric_steps"]["loss"] == [0, 1]  # rank 0 only: each epoch once, not once per worker
     assert result["params"]["epochs"] == "2" and result["params"]["steps_per_epoch"] == "8"
-    assert result["max_served_diff"] == 0.0
+    assert result["max_served_diff"] < 1e-5

@@ -10,8 +10,9 @@ Whether the executors can write where the client reads is found out, not guessed
 the client leaves a marker file with a fresh token in the cache directory, and each
 task looks for it (a Connect server is first asked through a JVM read of the marker).
 Where they cannot (a Spark Connect server or cluster without a shared file system),
-the client reads the rows itself as Arrow straight from the JVM, in chunks of
-bounded size, and writes the same cache. `CachedData.path` says which way the rows
+the client reads the rows itself as Arrow straight from the JVM (a Connect client as
+the server streams them, a classic one in chunks of bounded size) and writes the same
+cache. `CachedData.path` says which way the rows
 came.
 """
 
@@ -176,11 +177,24 @@ def _jvm_reads(spark, marker: str, token: str) -> bool:
 
 def _client_reads(selected, bindings: list[ColumnBinding], directory: str, columns, pid_index: int,
                   allow_non_finite: bool) -> dict:
-    """The rows through the client, at most about `CHUNK_BYTES` of Arrow at a time, written by one CacheWriter.
+    """The rows through the client as Arrow straight from the JVM (no Python workers), written by one CacheWriter.
 
-    Arrow comes straight from the JVM (`toArrow()`, no Python workers). One small job
-    counts the rows; data that fits one chunk is then read in one job. Larger data is
-    persisted on the cluster with a row id
+    A Connect client reads the server's Arrow stream as it arrives: one job, rows in
+    order, and the client holds the few batches in flight (gRPC's flow control holds the
+    server back while the cache writer catches up). Where there is no such stream
+    (a classic session whose executors cannot see the cache), `_chunked_reads`.
+    """
+    batches = _server_stream(selected)
+    if batches is None:
+        batches = _chunked_reads(selected, bindings)
+    return json.loads(_write_rows(batches, os.path.join(directory, "client"), columns, pid_index, allow_non_finite))
+
+
+def _chunked_reads(selected, bindings: list[ColumnBinding]):
+    """Arrow batches of `selected`, at most about `CHUNK_BYTES` of them collected at a time (`toArrow()`).
+
+    One small job counts the rows; data that fits one chunk is then read in one job.
+    Larger data is persisted on the cluster with a row id
     (`monotonically_increasing_id`: partition index << 33 plus position; persisted, so
     every read sees the same ids even where the source's order is not repeatable),
     and each chunk is one contiguous id range: jobs follow the data's size, not its
@@ -188,24 +202,42 @@ def _client_reads(selected, bindings: list[ColumnBinding], directory: str, colum
     """
     row_bytes = _arrow_row_bytes(selected, bindings)
     if selected.count() * row_bytes <= CHUNK_BYTES:
-        chunks = iter([selected])
-        with_ids = None
-    else:
-        with_ids = selected.withColumn(_ROW_ID, F.monotonically_increasing_id()).persist()
+        yield from selected.toArrow().to_batches()
+        return
+    with_ids = selected.withColumn(_ROW_ID, F.monotonically_increasing_id()).persist()
+    try:
         counts = {int(part): int(rows) for part, rows in
                   with_ids.groupBy(F.shiftright(F.col(_ROW_ID), 33)).count().collect()}
         row_id, names = F.col(_ROW_ID), selected.columns
-        chunks = (with_ids.filter((row_id >= lo) if hi is None else (row_id >= lo) & (row_id < hi))
-                  .select(*[F.col(f"`{n}`") for n in names])
-                  for lo, hi in id_ranges(counts, max(1, CHUNK_BYTES // row_bytes)))
-    try:
-        batches = (batch for chunk in chunks for batch in chunk.toArrow().to_batches())
-        return json.loads(_write_rows(batches, os.path.join(directory, "client"), columns, pid_index,
-                                      allow_non_finite))
+        for lo, hi in id_ranges(counts, max(1, CHUNK_BYTES // row_bytes)):
+            chunk = with_ids.filter((row_id >= lo) if hi is None else (row_id >= lo) & (row_id < hi))
+            yield from chunk.select(*[F.col(f"`{n}`") for n in names]).toArrow().to_batches()
     finally:
-        if with_ids is not None:
-            with contextlib.suppress(Exception):
-                with_ids.unpersist()
+        with contextlib.suppress(Exception):
+            with_ids.unpersist()
+
+
+def _server_stream(df):
+    """`df`'s Arrow batches as a Connect server sends them, in order, in one job; None off Connect.
+
+    PySpark's Connect client has no public Arrow iterator (`toLocalIterator` makes Rows of
+    the same stream, `toArrow` collects it whole), so this uses the one its
+    `toLocalIterator` reads; a client without it gets None and the chunked reads.
+    """
+    if not session.is_connect(df.sparkSession):
+        return None
+    client = df.sparkSession.client
+    to_tables = getattr(client, "to_table_as_iterator", None)
+    plan = getattr(df, "_plan", None)
+    if to_tables is None or plan is None:
+        return None
+
+    def batches():
+        for piece in to_tables(plan.to_proto(client), plan.observations):
+            if isinstance(piece, pa.Table):
+                yield from piece.to_batches()
+
+    return batches()
 
 
 def id_ranges(partition_rows: dict[int, int], rows_per_chunk: int) -> list[tuple[int, int | None]]:
