@@ -128,6 +128,11 @@ class BatchFeed:
             )
 
     @property
+    def bindings(self) -> list:
+        """The columns this feed serves, in the core's order (binding.ColumnBinding)."""
+        return self._cached.bindings
+
+    @property
     def pipeline(self):
         """The endless stream's pipeline (opened on first use; None when there are no rows)."""
         with self._lock:
@@ -285,7 +290,7 @@ def keras_input(feed: BatchFeed, endless: bool = False):
     `endless`: the caller sets its own steps per epoch, so epochs need not follow passes.
     """
     batches = _ADAPTERS.get(keras.backend.backend(), _generator)(feed, endless)
-    if any(b.kind == sequences.STRING or b.sparse for b in feed._cached.bindings):
+    if any(b.kind == sequences.STRING or b.sparse for b in feed.bindings):
         return batches  # string tensors live on the host; sparse batches are not staged (untested on a GPU)
     return stage_on_device(batches, feed.device_wait)
 
