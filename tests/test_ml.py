@@ -17,7 +17,7 @@ from pyspark.ml.tuning import CrossValidator, ParamGridBuilder, TrainValidationS
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from keras_spark.errors import BindingError
+from keras_spark.errors import BindingError, DataError
 from keras_spark.ml import KerasEstimator, KerasModel
 from keras_spark.ml.estimator import model_to_keras_bytes
 from keras_spark.spark.session import is_connect
@@ -61,6 +61,32 @@ def test_fit_records_history_and_every_input_column_is_kept(fitted_pipeline, can
     assert isinstance(keras_stage, KerasModel)
     assert len(keras_stage.history["loss"]) == 3
     assert set(cancer.columns) <= set(fitted_pipeline.transform(cancer).columns)
+
+
+def _three_classes(spark, labels):
+    """Three classes a linear model separates: x one-hot of the label, labels as Spark ML's doubles."""
+    rows = [(float(y), [float(y == 0), float(y == 1), float(y == 2)]) for y in labels]
+    return spark.createDataFrame(rows, "label double, x array<float>")
+
+
+def _softmax_estimator():
+    features = keras.Input((3,), name="x")
+    model = keras.Model(features, keras.layers.Dense(3, activation="softmax", name="label")(features))
+    model.compile(keras.optimizers.Adam(0.1), "sparse_categorical_crossentropy")
+    return KerasEstimator(model=model, epochs=20, batchSize=8, predictionStyle="classification")
+
+
+def test_double_class_ids_train_a_softmax_output(spark):
+    df = _three_classes(spark, [i % 3 for i in range(60)])
+    scored = _softmax_estimator().fit(df).transform(df)
+    assert MulticlassClassificationEvaluator(metricName="accuracy").evaluate(scored) == 1.0
+
+
+def test_a_class_id_with_a_fraction_is_refused_not_truncated(spark):
+    df = _three_classes(spark, [i % 3 for i in range(12)]).withColumn(
+        "label", F.when(F.col("x")[1] == 1.0, F.lit(1.5)).otherwise(F.col("label")))
+    with pytest.raises(DataError, match=r"label column 'label' \(double\) .* 3 scores.* has the value 1.5"):
+        _softmax_estimator().fit(df)
 
 
 def test_softmax_output_gives_argmax_prediction_for_multiclass_evaluator(spark):

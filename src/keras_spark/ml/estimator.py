@@ -24,8 +24,9 @@ import threading
 from pyspark.ml import Estimator, Model
 from pyspark.ml.util import MLReadable, MLWritable
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
-from keras_spark.errors import BindingError
+from keras_spark.errors import BindingError, DataError
 from keras_spark.ml.outputs import flatten_outputs
 from keras_spark.ml.params import KerasScoringParams, KerasTrainingParams
 
@@ -75,6 +76,28 @@ def _with_keras_names(df, mapping: dict):
     if not renamed:
         return df, []
     return df.select("*", *[F.col(f"`{c}`").alias(n) for n, c in renamed.items()]), list(renamed)
+
+
+def _class_ids_as_integers(df, model):
+    """Spark ML's class labels are doubles (StringIndexer, and every Spark classifier's convention);
+    where such a scalar label meets a k-wide output of scores, it holds class ids: integers for
+    a sparse loss. One small job looks for a value with a fraction, which is refused rather
+    than truncated.
+    """
+    types = {f.name: f.dataType for f in df.schema.fields}
+    for name, output in zip(model.output_names, model.outputs, strict=True):
+        scores = len(output.shape) == 2 and (output.shape[-1] or 0) > 1
+        if not (scores and isinstance(types.get(name), (T.DoubleType, T.FloatType))):
+            continue
+        label = F.col(f"`{name}`")
+        odd = df.filter(label != F.floor(label)).select(label).limit(1).collect()
+        if odd:
+            raise DataError(
+                f"label column '{name}' ({types[name].simpleString()}) feeds Keras output '{name}' of "
+                f"{output.shape[-1]} scores, so it holds class ids, but it has the value {odd[0][0]}; class ids "
+                f"must be whole numbers 0..{output.shape[-1] - 1} (as StringIndexer makes them)")
+        df = df.withColumn(name, label.cast("int"))
+    return df
 
 
 class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
@@ -131,9 +154,9 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
         if validation is None and fraction > 0:
             train, validation = dataset.randomSplit([1.0 - fraction, fraction], seed=self.getOrDefault(self.seed))
         mapping = {**self.getInputCols(), **self.getLabelCols()}
-        train, _ = self._for_training(train, mapping)
+        train, _ = self._for_training(train, mapping, model)
         if validation is not None:
-            validation, _ = self._for_training(validation, mapping)
+            validation, _ = self._for_training(validation, mapping, model)
         history = model.fit(
             train, batch_size=self.getOrDefault(self.batchSize), epochs=self.getOrDefault(self.epochs),
             partition_col=self.getOrDefault(self.partitionCol), num_workers=self.getOrDefault(self.numWorkers),
@@ -145,8 +168,9 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
         fitted.history = dict(history.history) if history is not None else {}
         return fitted
 
-    def _for_training(self, df, mapping: dict):
+    def _for_training(self, df, mapping: dict, model):
         df, added = _with_keras_names(df, mapping)
+        df = _class_ids_as_integers(df, model)
         partition_col = self.getOrDefault(self.partitionCol)
         if partition_col not in df.columns:
             ids = F.pmod(F.xxhash64(F.monotonically_increasing_id(), F.lit(self.getOrDefault(self.seed))),
