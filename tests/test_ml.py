@@ -82,10 +82,11 @@ def test_double_class_ids_train_a_softmax_output(spark):
     assert MulticlassClassificationEvaluator(metricName="accuracy").evaluate(scored) == 1.0
 
 
-def test_a_class_id_with_a_fraction_is_refused_not_truncated(spark):
+@pytest.mark.parametrize("bad", [1.5, 3.0, -1.0, float("nan"), float("inf")], ids=str)
+def test_a_value_that_is_no_class_id_is_refused_not_truncated(spark, bad):
     df = _three_classes(spark, [i % 3 for i in range(12)]).withColumn(
-        "label", F.when(F.col("x")[1] == 1.0, F.lit(1.5)).otherwise(F.col("label")))
-    with pytest.raises(DataError, match=r"label column 'label' \(double\) .* 3 scores.* has the value 1.5"):
+        "label", F.when(F.col("x")[1] == 1.0, F.lit(bad)).otherwise(F.col("label")))
+    with pytest.raises(DataError, match=rf"label column 'label' \(double\) .* 3 scores.* has the value {bad}"):
         _softmax_estimator().fit(df)
 
 

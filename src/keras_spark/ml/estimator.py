@@ -81,21 +81,25 @@ def _with_keras_names(df, mapping: dict):
 def _class_ids_as_integers(df, model):
     """Spark ML's class labels are doubles (StringIndexer, and every Spark classifier's convention);
     where such a scalar label meets a k-wide output of scores, it holds class ids: integers for
-    a sparse loss. One small job looks for a value with a fraction, which is refused rather
-    than truncated.
+    a sparse loss. Before the cast, one more pass over the data looks for a value that is not a
+    class id (a fraction, out of 0..k-1, NaN or infinite): Spark's cast would truncate it, or
+    fail in the JVM, so it is refused here by name. Nulls pass through to the Spark pass's own
+    null check. (The core's float-to-int cast checks range, not fractions; teaching it to would
+    let plain `fit` take double class ids too, without this pass.)
     """
     types = {f.name: f.dataType for f in df.schema.fields}
     for name, output in zip(model.output_names, model.outputs, strict=True):
         scores = len(output.shape) == 2 and (output.shape[-1] or 0) > 1
         if not (scores and isinstance(types.get(name), (T.DoubleType, T.FloatType))):
             continue
-        label = F.col(f"`{name}`")
-        odd = df.filter(label != F.floor(label)).select(label).limit(1).collect()
+        label, classes = F.col(f"`{name}`"), output.shape[-1]
+        class_id = (label >= 0) & (label < classes) & (label == F.floor(label))  # false for NaN and +-inf
+        odd = df.filter(~class_id).select(label).limit(1).collect()
         if odd:
             raise DataError(
                 f"label column '{name}' ({types[name].simpleString()}) feeds Keras output '{name}' of "
-                f"{output.shape[-1]} scores, so it holds class ids, but it has the value {odd[0][0]}; class ids "
-                f"must be whole numbers 0..{output.shape[-1] - 1} (as StringIndexer makes them)")
+                f"{classes} scores, so it holds class ids, but it has the value {odd[0][0]}; class ids "
+                f"must be whole numbers 0..{classes - 1} (as StringIndexer makes them)")
         df = df.withColumn(name, label.cast("int"))
     return df
 
