@@ -16,12 +16,47 @@ os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
 
 import pytest  # noqa: E402
 
+# Which tests run where (tests/README.md): the suite runs once per Keras backend and, for Spark tests,
+# once per kind of session. A test whose outcome cannot depend on the backend says so with
+# `backend_independent` and runs in the PRIMARY_BACKEND pass only; a Spark test whose outcome cannot
+# depend on the kind of session says so with `session_independent` and runs on the classic session only.
+PRIMARY_BACKEND = "tensorflow"
+MARKERS = {
+    "backend_independent": f"the outcome cannot depend on the Keras backend: runs in the {PRIMARY_BACKEND} pass only",
+    "session_independent": "the outcome cannot depend on the kind of Spark session: runs on the classic session only",
+}
+
 SPARK_CONF = {
     "spark.sql.shuffle.partitions": "4",
     "spark.driver.memory": "2g",
     "spark.sql.execution.arrow.maxRecordsPerBatch": "2000",
 }
 SESSION_KINDS = [k for k in os.environ.get("KERAS_SPARK_TEST_SESSIONS", "classic,connect").split(",") if k]
+
+
+def pytest_configure(config):
+    for name, meaning in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {meaning}")
+
+
+def _runs_here(item) -> bool:
+    if item.get_closest_marker("backend_independent") and os.environ["KERAS_BACKEND"] != PRIMARY_BACKEND:
+        return False
+    params = getattr(item, "callspec", None) and item.callspec.params
+    return not (item.get_closest_marker("session_independent") and params and params.get("spark") == "connect")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect what another pass covers (see MARKERS); pytest's summary counts them as deselected."""
+    elsewhere = [item for item in items if not _runs_here(item)]
+    if elsewhere:
+        config.hook.pytest_deselected(items=elsewhere)
+        items[:] = [item for item in items if _runs_here(item)]
+
+
+def pytest_report_header(config):
+    return [f"keras-spark: backend {os.environ['KERAS_BACKEND']}; sessions {','.join(SESSION_KINDS)}; "
+            f"backend_independent tests run under {PRIMARY_BACKEND} only, session_independent ones on classic only"]
 
 
 @pytest.fixture(scope="session")
