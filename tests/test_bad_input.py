@@ -34,18 +34,26 @@ def frame(spark):
     return numeric_frame(spark, rows=40, partitions=2)
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 def test_missing_input_column(frame):
     _fit_fails(_model(name="pixels"), frame, BindingError, "'pixels'", "columns are")
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 def test_missing_label_column(frame):
     _fit_fails(_model(label="target"), frame, BindingError, "'target'", "label")
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 def test_missing_partition_column(frame):
     _fit_fails(_model(), frame.drop("partition_id"), BindingError, "'partition_id'")
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 def test_unnamed_input_matches_no_column(frame):
     x = keras.Input(shape=(4,))
     model = KerasSparkModel(x, keras.layers.Dense(1, name="y")(x))
@@ -53,16 +61,20 @@ def test_unnamed_input_matches_no_column(frame):
     _fit_fails(model, frame, BindingError, "no name of its own", "name=")
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 def test_string_column_for_a_float_input(frame):
     df = frame.withColumn("x", F.lit("text"))
     _fit_fails(_model(), df, BindingError, "'x'", "string", "expected a number")
 
 
+@pytest.mark.backend_independent
 def test_arrays_of_the_wrong_length(frame):
     df = frame.withColumn("x", F.slice("x", 1, 3))
     _fit_fails(_model(), df, DataError, "'x'", "4", "3")
 
 
+@pytest.mark.backend_independent
 def test_steps_of_varying_length_in_a_sequence(frame):
     # Rows of different lengths feed a (None, ...) input (tests/test_sequences.py); each step's shape is fixed.
     step = F.when(F.col("id") % 7 == 3, F.slice("x", 1, 3)).otherwise(F.col("x"))
@@ -73,45 +85,56 @@ def test_steps_of_varying_length_in_a_sequence(frame):
     _fit_fails(model, df, DataError, "'x'", "length 4", "found length 3", "(step 1)")
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 def test_nested_depth_does_not_match_the_input_rank(frame):
     df = frame.withColumn("x", F.array(F.col("x"), F.col("x")))
     _fit_fails(_model(), df, BindingError, "'x'", "array<array<float>>", "(4,)")
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 def test_input_rank_higher_than_the_column(frame):
     _fit_fails(_model(shape=(2, 2)), frame, BindingError, "'x'", "(2, 2)")
 
 
+@pytest.mark.backend_independent
 def test_null_feature(frame):
     df = frame.withColumn("x", F.when(F.col("id") == 17, F.lit(None)).otherwise(F.col("x")))
     _fit_fails(_model(), df, DataError, "'x'", "null")
 
 
+@pytest.mark.backend_independent
 def test_null_inside_an_array(frame):
     df = frame.withColumn("x", F.when(F.col("id") == 5, F.array(F.lit(1.0), F.lit(None), F.lit(2.0), F.lit(3.0)))
                           .otherwise(F.col("x")))
     _fit_fails(_model(), df, DataError, "'x'", "null")
 
 
+@pytest.mark.backend_independent
 def test_null_label(frame):
     df = frame.withColumn("y", F.when(F.col("id") == 9, F.lit(None)).otherwise(F.col("y")))
     _fit_fails(_model(), df, DataError, "'y'", "null")
 
 
+@pytest.mark.backend_independent
 def test_non_integer_partition_id(frame):
     df = frame.withColumn("partition_id", F.col("partition_id") + 0.5)
     _fit_fails(_model(), df, BindingError, "'partition_id'", "double", "integer")
 
 
+@pytest.mark.backend_independent
 def test_negative_partition_id(frame):
     df = frame.withColumn("partition_id", F.col("partition_id") - 1)
     _fit_fails(_model(), df, DataError, "partition_id", "negative")
 
 
+@pytest.mark.backend_independent
 def test_empty_dataframe(frame):
     _fit_fails(_model(), frame.limit(0), DataError, "no rows")
 
 
+@pytest.mark.backend_independent
 def test_spark_keywords_with_numpy_data_are_rejected_like_keras_would():
     import numpy as np
 
@@ -119,16 +142,22 @@ def test_spark_keywords_with_numpy_data_are_rejected_like_keras_would():
         _model().fit(np.zeros((4, 4)), np.zeros(4), partition_col="p", verbose=0)
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 def test_predict_names_a_missing_input_column(frame):
     with pytest.raises(BindingError, match="'pixels'"):
         _model(name="pixels").predict(frame)
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 def test_label_wider_than_its_output(frame):
     df = frame.withColumn("y", F.array(F.col("y"), F.col("y")))
     _fit_fails(_model(), df, DataError, "'y'", "(2,)", "(1,)")
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 def test_label_wider_than_its_output_in_evaluate(frame):
     df = frame.withColumn("y", F.array(F.col("y"), F.col("y")))
     with pytest.raises(DataError, match="'y'"):
@@ -144,6 +173,8 @@ def test_integer_class_label_beside_a_k_wide_output_trains(frame):
     assert int(model.optimizer.iterations.numpy()) == 5
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 def test_float_label_beside_a_k_wide_output_is_refused(frame):
     x = keras.Input(shape=(4,), name="x")
     model = KerasSparkModel(x, keras.layers.Dense(3, name="y")(x))
@@ -151,25 +182,33 @@ def test_float_label_beside_a_k_wide_output_is_refused(frame):
     _fit_fails(model, frame, DataError, "'y'", "(3,)")
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 @pytest.mark.parametrize("bad", [0, -4])
 def test_batch_size_that_is_not_positive_is_refused(frame, bad):
     _fit_fails(_model(), frame, ValueError, "batch_size", str(bad), batch_size_override=bad)
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 def test_batch_size_that_is_not_an_integer_is_refused(frame):
     _fit_fails(_model(), frame, TypeError, "batch_size", "2.5", batch_size_override=2.5)
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 def test_predict_batch_size_zero_is_refused(frame):
     with pytest.raises(ValueError, match="batch_size"):
         _model().predict(frame, batch_size=0)
 
 
+@pytest.mark.backend_independent
 def test_nan_feature_names_the_column_and_row(frame):
     df = frame.withColumn("x", F.when(F.col("id") == 13, F.array(*[F.lit(float("nan"))] * 4)).otherwise(F.col("x")))
     _fit_fails(_model(), df, DataError, "'x'", "NaN or infinite", "at row", "allow_non_finite=True")
 
 
+@pytest.mark.backend_independent
 def test_infinite_label_is_an_error_too(frame):
     df = frame.withColumn("y", F.when(F.col("id") == 3, F.lit(float("inf"))).otherwise(F.col("y")))
     _fit_fails(_model(), df, DataError, "'y'", "NaN or infinite")
@@ -182,6 +221,7 @@ def test_allow_non_finite_keeps_keras_behaviour(frame):
     assert len(history.history["loss"]) == 1
 
 
+@pytest.mark.backend_independent
 def test_value_beyond_the_input_dtype_is_an_error(frame):
     x = keras.Input(shape=(), name="code", dtype="int8")
     as_float = keras.layers.Reshape((1,))(keras.ops.cast(x, "float32"))

@@ -36,6 +36,7 @@ def _dir_owned_by(parent, owner: scratch.Owner) -> str:
 
 
 # -- ownership, sweeping ---------------------------------------------------------------------
+@pytest.mark.backend_independent
 def test_a_directory_of_a_dead_process_is_swept_by_the_next_make_dir(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     stale = _dir_owned_by(tmp_path, scratch.Owner.of_process(child.pid))
@@ -49,6 +50,7 @@ def test_a_directory_of_a_dead_process_is_swept_by_the_next_make_dir(tmp_path):
         scratch.remove(made)
 
 
+@pytest.mark.backend_independent
 def test_a_directory_of_a_live_process_is_not_swept(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
@@ -60,12 +62,14 @@ def test_a_directory_of_a_live_process_is_not_swept(tmp_path):
         child.wait()
 
 
+@pytest.mark.backend_independent
 def test_a_reused_pid_is_not_taken_for_the_owner(tmp_path):
     me = scratch.Owner.current()
     stale = _dir_owned_by(tmp_path, scratch.Owner(me.host, me.boot, me.pid, start="1"))  # our pid, older start
     assert scratch.sweep(str(tmp_path)) == [stale]
 
 
+@pytest.mark.backend_independent
 def test_directories_of_other_hosts_or_without_an_owner_file_are_never_swept(tmp_path):
     me = scratch.Owner.current()
     remote = _dir_owned_by(tmp_path, scratch.Owner("another-host", None, 1 << 22, None))
@@ -75,6 +79,7 @@ def test_directories_of_other_hosts_or_without_an_owner_file_are_never_swept(tmp
     assert os.path.exists(remote) and unowned.exists() and me.is_alive()
 
 
+@pytest.mark.backend_independent
 def test_the_guardian_removes_a_directory_whose_owner_was_killed(tmp_path):
     code = (f"from keras_spark import scratch; import os, signal; p = scratch.make_dir(parent={str(tmp_path)!r}); "
             f"print(p, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
@@ -88,6 +93,7 @@ def test_the_guardian_removes_a_directory_whose_owner_was_killed(tmp_path):
     assert not os.path.exists(made)
 
 
+@pytest.mark.backend_independent
 def test_a_scratch_dir_is_removed_when_its_block_raises(tmp_path):
     with pytest.raises(RuntimeError), scratch.scratch_dir(parent=str(tmp_path)) as path:
         Path(path, "rows").write_bytes(b"1234")
@@ -95,6 +101,7 @@ def test_a_scratch_dir_is_removed_when_its_block_raises(tmp_path):
     assert _leftovers(tmp_path) == [] and scratch.owned() == []
 
 
+@pytest.mark.backend_independent
 def test_sigterm_removes_our_directories_then_chains_to_the_previous_handler(tmp_path):
     received = []
 
@@ -126,6 +133,7 @@ class _Owner:
     pass
 
 
+@pytest.mark.backend_independent
 def test_a_native_object_is_closed_when_its_owner_is_collected():
     native, owner = _Native(), _Owner()
     handle = NativeHandle(owner, native)
@@ -136,6 +144,7 @@ def test_a_native_object_is_closed_when_its_owner_is_collected():
 
 
 # -- true figures -----------------------------------------------------------------------------
+@pytest.mark.session_independent
 def test_data_stats_rows_are_the_rows_trained_epochs_times_the_dataframe(spark):
     df = numeric_frame(spark, rows=1000, partitions=4)
     model = regression_model()
@@ -145,6 +154,7 @@ def test_data_stats_rows_are_the_rows_trained_epochs_times_the_dataframe(spark):
     assert model.data_stats["rows_prefetched"] >= model.data_stats["rows"]
 
 
+@pytest.mark.session_independent
 def test_data_stats_rows_follow_a_users_steps_per_epoch(spark):
     df = numeric_frame(spark, rows=1000, partitions=4)
     model = regression_model()
@@ -154,6 +164,7 @@ def test_data_stats_rows_follow_a_users_steps_per_epoch(spark):
 
 
 # -- failures and signals ---------------------------------------------------------------------
+@pytest.mark.backend_independent
 def test_a_source_failing_mid_read_raises_its_error_and_leaves_nothing(spark, tmp_path):
     df = numeric_frame(spark, rows=3000, partitions=4)
     failing = df.withColumn("y", F.when(F.col("id") == 2500, F.raise_error(F.lit("source broke at row 2500")))
@@ -241,6 +252,7 @@ def _assert_nothing_left(run):
     assert _until(lambda: run.processes() == [], 60), run.processes()  # the Spark JVM ends after its driver
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_the_spark_pass_ends_fit_and_leaves_nothing(lifecycle, signum):
     run = lifecycle.start("spark_pass")
@@ -271,6 +283,7 @@ def test_an_abandoned_fit_exits_without_leaks_threads_or_directories(lifecycle):
     _assert_nothing_left(run)
 
 
+@pytest.mark.backend_independent
 def test_a_sigint_that_keras_swallows_is_raised_again_at_the_next_pull():
     import keras_spark.shutdown as shutdown
 

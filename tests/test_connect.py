@@ -17,6 +17,7 @@ from keras_spark.spark import session
 from keras_spark.spark.extract import CLIENT_WROTE, EXECUTORS_WROTE
 
 
+@pytest.mark.backend_independent
 def test_fit_with_validation_streams_rows_the_executors_cannot_write_for_the_client(isolated_connect):
     df, val = numeric_frame(isolated_connect, 3000, 4), numeric_frame(isolated_connect, 600, 2, seed=7)
     model = regression_model()
@@ -28,6 +29,7 @@ def test_fit_with_validation_streams_rows_the_executors_cannot_write_for_the_cli
     assert len(history.history["val_loss"]) == 3
 
 
+@pytest.mark.backend_independent
 def test_evaluate_equals_keras_on_the_same_rows(isolated_connect):
     df = numeric_frame(isolated_connect, 1000, 3)
     model = regression_model()
@@ -49,6 +51,7 @@ def test_predict_equals_keras_and_ships_the_model_once_per_session(isolated_conn
     assert first.equals(again)
 
 
+@pytest.mark.backend_independent
 def test_a_cache_dir_both_sides_see_is_written_by_the_executors(spark):
     # Outside /tmp, the one directory an isolated server does not share: the checkout, or the
     # home directory where the checkout itself lives under /tmp.
@@ -64,10 +67,12 @@ def test_a_cache_dir_both_sides_see_is_written_by_the_executors(spark):
         os.rmdir(shared)
 
 
+@pytest.mark.backend_independent
 def test_task_slots_agree_with_the_master(spark):
     assert session.task_slots(spark) == 2  # local[2], classic and Connect
 
 
+@pytest.mark.backend_independent
 def test_master_urls_give_their_slots():
     assert session._slots_of_master("local[3]") == 3
     assert session._slots_of_master("local[4,2]") == 4

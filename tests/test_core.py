@@ -11,6 +11,9 @@ from hypothesis import strategies as st
 
 from keras_spark import _core
 
+# the C++ core alone: no Keras backend is involved
+pytestmark = pytest.mark.backend_independent
+
 ARROW_NUMBERS = {
     "bool": pa.bool_(), "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
     "uint8": pa.uint8(), "uint16": pa.uint16(), "uint32": pa.uint32(), "uint64": pa.uint64(),

@@ -8,6 +8,9 @@ import pytest
 
 from keras_spark import _core
 
+# the C++ core alone: no Keras backend is involved
+pytestmark = pytest.mark.backend_independent
+
 
 def dense(array, dtype="float32", shape=(), name="col", **options):
     return _core.to_dense(*array.__arrow_c_array__(), name, dtype, list(shape), **options)

@@ -10,6 +10,9 @@ import pytest
 
 from keras_spark import _core
 
+# the C++ core alone: no Keras backend is involved
+pytestmark = pytest.mark.backend_independent
+
 VECTOR = pa.struct([("type", pa.int8()), ("size", pa.int32()), ("indices", pa.list_(pa.int32())),
                     ("values", pa.list_(pa.float64()))])
 

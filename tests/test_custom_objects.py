@@ -327,16 +327,6 @@ def test_the_training_input_serves_batches_before_beside_and_after_keras_then_er
         _in_time(lambda: _take(data, 1))
 
 
-def test_mlflow_autolog_fit_completes(tmp_path):
-    pytest.importorskip("mlflow", reason="MLflow is not installed (pip install mlflow-skinny sqlalchemy alembic)")
-    done = subprocess.run([sys.executable, str(HERE / "mlflow_autolog_run.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)  # MLflow writes ./mlruns
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    result = json.loads(done.stdout.split("RESULT ", 1)[1])
-    assert result["epochs"] == [0, 1] and result["run_status"] == "FINISHED"
-    assert result["logged_loss_steps"] == 2
-
-
 @only_in_the_jax_pass
 def test_distributed_fit_with_custom_objects_and_weights():
     env = dict(os.environ, KERAS_BACKEND="jax")

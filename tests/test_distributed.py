@@ -70,6 +70,8 @@ def test_backup_and_restore_resumes_after_spark_reruns_the_stage(scenarios):
     assert result["history_epochs"] == [2, 3]
 
 
+@pytest.mark.session_independent
+@pytest.mark.backend_independent
 def test_spark_hash_matches_spark(spark):
     values = [0, 1, 2, 7, 42, -5, 123456, 2**31 - 1, -(2**31)]
     df = spark.createDataFrame([(v,) for v in values], "v int")
@@ -77,6 +79,8 @@ def test_spark_hash_matches_spark(spark):
     assert got == [spark_hash_int(v) for v in values]
 
 
+@pytest.mark.session_independent
+@pytest.mark.backend_independent
 def test_routing_keys_send_each_worker_to_its_own_shuffle_partition(spark):
     for workers in (2, 3, 5):
         keys = routing_keys(workers)
@@ -85,6 +89,7 @@ def test_routing_keys_send_each_worker_to_its_own_shuffle_partition(spark):
         assert sorted((r.worker, r.spark_partition) for r in routed.collect()) == [(w, w) for w in range(workers)]
 
 
+@pytest.mark.backend_independent
 def test_partition_ids_are_dealt_largest_first():
     owner = assign_partitions({0: 100, 1: 10, 2: 60, 3: 50}, 2)
     assert owner == {0: 0, 2: 1, 3: 1, 1: 0}
@@ -92,6 +97,7 @@ def test_partition_ids_are_dealt_largest_first():
     assert loads == [110, 110]
 
 
+@pytest.mark.backend_independent
 def test_lockstep_weights_make_the_loss_a_mean_over_real_rows():
     # Workers with 70 and 40 rows, 32 a step: step 2 has 6 + 8 real rows of 64 fed.
     assert lockstep_weights([70, 40], 32, 0) == (64, 1.0)

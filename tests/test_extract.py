@@ -12,6 +12,9 @@ from keras_spark.spark import extract as extract_module
 from keras_spark.spark import session
 from keras_spark.spark.extract import extract, id_ranges
 
+# the Spark pass into the cache happens before any Keras backend is involved
+pytestmark = pytest.mark.backend_independent
+
 
 def _all_batches(model, cached):
     feed = BatchFeed(model, cached, batch_size=100, shuffle=False, seed=0, num_parallel_calls=2)

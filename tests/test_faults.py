@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# Spark task retries after a killed Python worker: the backend's part is tested in test_fit and test_predict
+pytestmark = pytest.mark.backend_independent
+
 
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory):

@@ -27,6 +27,9 @@ from hypothesis import strategies as st
 
 from keras_spark import _core
 
+# the C++ core alone: no Keras backend is involved
+pytestmark = pytest.mark.backend_independent
+
 EXAMPLES = int(os.environ.get("KERAS_SPARK_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="KERAS_SPARK_FUZZ_SEED" not in os.environ,
                 suppress_health_check=list(HealthCheck))

@@ -81,6 +81,7 @@ def test_too_few_gpus_for_num_workers_is_refused_before_training(scenarios):
 
 
 # -- the settings, without Spark ------------------------------------------------------------
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_a_whole_gpu_only_narrows_visibility(backend):
     env = devices.gpu_env(backend, ["1"], 1.0)
@@ -88,12 +89,14 @@ def test_a_whole_gpu_only_narrows_visibility(backend):
     assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env and "XLA_PYTHON_CLIENT_PREALLOCATE" not in env
 
 
+@pytest.mark.backend_independent
 def test_a_quarter_gpu_caps_jax_at_a_quarter_less_headroom():
     env = devices.gpu_env("jax", ["0"], 0.25)
     assert env == {"CUDA_VISIBLE_DEVICES": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
                    "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.225"}
 
 
+@pytest.mark.backend_independent
 def test_no_gpu_resource_sets_nothing():
     assert devices.gpu_env("tensorflow", [], 0.0) == {}
 

@@ -15,6 +15,9 @@ from image_builders import core_decode, encode, pattern_image, pillow_decode
 
 from keras_spark import _core
 
+# the C++ core alone: no Keras backend is involved
+pytestmark = pytest.mark.backend_independent
+
 FUZZ = settings(max_examples=int(os.environ.get("KERAS_SPARK_FUZZ_EXAMPLES", "150")), deadline=None,
                 derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 

@@ -21,6 +21,7 @@ SIZE = 16
 
 
 # -- fitting sizes: the core beside TensorFlow's and Keras's references -----------------
+@pytest.mark.backend_independent
 def test_resize_matches_tf_image_resize_bilinear():
     tf = pytest.importorskip("tensorflow")
     rng = np.random.default_rng(2)
@@ -30,6 +31,7 @@ def test_resize_matches_tf_image_resize_bilinear():
     np.testing.assert_allclose(got, expected, atol=1e-3)
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("source", [(30, 40), (10, 12)], ids=["larger", "smaller"])
 def test_center_crop_matches_keras_center_crop(source):
     pixels = np.random.default_rng(3).integers(0, 256, (*source, 3), dtype=np.uint8)
@@ -146,12 +148,16 @@ def test_image_resize_fits_other_sizes(spark, image_resize):
     np.testing.assert_allclose([r["label"] for r in scored], model.predict(expected, verbose=0), atol=1e-5)
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 def test_image_column_needs_a_known_image_shape(spark):
     df = in_memory_images(spark, [encode(np.zeros((4, 4, 3), np.uint8), "PNG")], [0])
     with pytest.raises(BindingError, match=r"'content' holds images .* \(None, None, 3\)"):
         image_model(shape=(None, None, 3)).fit(df, epochs=1, verbose=0)
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 def test_unknown_image_resize_is_refused(spark):
     df = in_memory_images(spark, [encode(np.zeros((4, 4, 3), np.uint8), "PNG")], [0])
     with pytest.raises(ValueError, match="image_resize must be one of"):

@@ -3,6 +3,11 @@
 import re
 from pathlib import Path
 
+import pytest
+
+# a documentation snippet; the stages under each backend are test_ml's
+pytestmark = pytest.mark.backend_independent
+
 README = Path(__file__).parent.parent / "README.md"
 
 

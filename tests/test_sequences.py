@@ -33,6 +33,7 @@ CASES = [
 ]
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("options", CASES, ids=[str(c) for c in CASES])
 def test_padding_matches_pad_sequences(options):
     rows = [[1, 2, 3, 4, 5], [6], [7, 8], [9, 10, 11]]
@@ -45,30 +46,35 @@ def test_padding_matches_pad_sequences(options):
 @given(rows=st.lists(st.lists(st.integers(-1000, 1000), min_size=1, max_size=12), min_size=1, max_size=20),
        length=st.one_of(st.none(), st.integers(1, 15)), padding=st.sampled_from(["pre", "post"]),
        truncating=st.sampled_from(["pre", "post"]), value=st.integers(-5, 5))
+@pytest.mark.backend_independent
 def test_padding_matches_pad_sequences_on_random_rows(rows, length, padding, truncating, value):
     expected = keras.utils.pad_sequences(rows, maxlen=length, padding=padding, truncating=truncating, value=value)
     got = _padded(rows, length, padding, truncating, float(value))
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.backend_independent
 def test_steps_of_a_fixed_shape_pad_with_whole_steps():
     rows = [[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0]]]
     got = _padded(rows, padding="post", dtype="float32", inner=(2,))
     np.testing.assert_array_equal(got, [[[1, 2], [3, 4]], [[5, 6], [0, 0]]])
 
 
+@pytest.mark.backend_independent
 def test_a_row_past_a_fixed_length_without_truncating_names_column_and_row():
     column = pa.array([[1, 2], [1, 2, 3, 4]], pa.list_(pa.int64()))
     with pytest.raises(_core.ColumnError, match=r"column 'tokens'.*length 4 at row 1.*sequence_length 3.*truncating"):
         _core.to_padded(*column.__arrow_c_array__(), "tokens", "int32", [-1], (0, False, 3, False, False, 0.0))
 
 
+@pytest.mark.backend_independent
 def test_a_null_sequence_names_column_and_row():
     column = pa.array([[1], None], pa.list_(pa.int64()))
     with pytest.raises(_core.ColumnError, match=r"column 'tokens' has a null value at row 1"):
         _core.to_padded(*column.__arrow_c_array__(), "tokens", "int32", [-1], (0, False, -1, False, False, 0.0))
 
 
+@pytest.mark.backend_independent
 def test_a_bad_value_inside_a_sequence_names_its_row_and_step():
     column = pa.array([[1, 2], [3, 300]], pa.list_(pa.int64()))
     with pytest.raises(_core.ColumnError, match=r"value 300 at row 1 \(step 1\)"):
@@ -90,6 +96,7 @@ def test_per_step_outputs_are_cut_back_to_each_rows_own_steps():
 
 @pytest.mark.parametrize("options", [dict(padding="left"), dict(truncating="end"), dict(sequence_length=0),
                                      dict(bucket_by_length=[10, -1])], ids=str)
+@pytest.mark.backend_independent
 def test_bad_sequence_options_are_value_errors_naming_the_option(options):
     with pytest.raises(ValueError, match=next(iter(options))):
         sequences.SequenceOptions(**options)
@@ -118,6 +125,7 @@ def _open(summary, parts, batch_size, **options):
                           ragged=[(0, False, -1, False, False, 0.0)], **options)
 
 
+@pytest.mark.backend_independent
 def test_each_batch_is_padded_to_its_longest_row(tmp_path):
     lengths = np.random.default_rng(1).integers(0, 30, 200)
     summary, parts = _ragged_cache(tmp_path, lengths)
@@ -150,6 +158,7 @@ def test_bucketing_groups_similar_lengths_and_visits_every_row_once_an_epoch(tmp
     pipeline.close()
 
 
+@pytest.mark.backend_independent
 def test_padding_fraction_falls_with_bucketing():
     lengths = np.random.default_rng(3).integers(1, 100, 4000)
     plain = sequences.padding_fraction(lengths, 32)

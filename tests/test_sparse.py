@@ -65,6 +65,7 @@ def pipeline(summary, rows, batch_size, shuffle=False, **layout):
 
 
 # ---- the core ------------------------------------------------------------------------------------
+@pytest.mark.backend_independent
 def test_sparse_batches_densify_to_the_dense_reference(tmp_path):
     structs, dense = random_vectors(203)
     summary = write_cache(tmp_path, structs)
@@ -78,6 +79,7 @@ def test_sparse_batches_densify_to_the_dense_reference(tmp_path):
     np.testing.assert_array_equal(seen, dense)
 
 
+@pytest.mark.backend_independent
 def test_sparse_batch_entries_are_sorted_by_row_then_column(tmp_path):
     structs, _ = random_vectors(100)
     p = pipeline(write_cache(tmp_path, structs), 100, batch_size=100, shuffle=True)
@@ -87,6 +89,7 @@ def test_sparse_batch_entries_are_sorted_by_row_then_column(tmp_path):
     assert np.all(np.diff(keys) > 0)
 
 
+@pytest.mark.backend_independent
 def test_cache_holds_the_nonzeros_not_the_width(tmp_path):
     structs, dense = random_vectors(150)
     summary = write_cache(tmp_path, structs)
@@ -97,6 +100,7 @@ def test_cache_holds_the_nonzeros_not_the_width(tmp_path):
     assert os.path.getsize(offsets + ".values") == 4 * nnz
 
 
+@pytest.mark.backend_independent
 def test_dense_vectors_keep_only_their_nonzeros():
     arr = pa.array([{"type": 1, "size": None, "indices": None, "values": [0.0, 2.0, 0.0, -1.0]}], VECTOR)
     indices, values, shape = _core.to_sparse(*arr.__arrow_c_array__(), "x", "float32", [4])
@@ -105,6 +109,7 @@ def test_dense_vectors_keep_only_their_nonzeros():
     assert shape == (1, 4)
 
 
+@pytest.mark.backend_independent
 def test_to_sparse_densifies_to_to_dense():
     structs, _ = random_vectors(57)
     arr = pa.array(structs, VECTOR).slice(5, 40)  # a non-zero offset, as Arrow batches have
@@ -113,6 +118,7 @@ def test_to_sparse_densifies_to_to_dense():
     np.testing.assert_array_equal(densify(indices, values, shape), reference)
 
 
+@pytest.mark.backend_independent
 def test_jax_layout_pads_entries_with_zeros_to_a_few_sizes(tmp_path):
     structs, dense = random_vectors(203)
     p = pipeline(write_cache(tmp_path, structs), 203, batch_size=32, sparse_index_dtype="int32", sparse_pad=True)
@@ -146,6 +152,7 @@ BAD_ROWS = {
 }
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("case", list(BAD_ROWS))
 def test_bad_sparse_vector_is_an_error_naming_the_column_and_row(case, tmp_path):
     bad, message = BAD_ROWS[case]
@@ -155,6 +162,7 @@ def test_bad_sparse_vector_is_an_error_naming_the_column_and_row(case, tmp_path)
     assert message in str(error.value)
 
 
+@pytest.mark.backend_independent
 def test_array_column_into_the_core_as_sparse_is_an_error():
     arr = pa.array([[1.0, 2.0]], pa.list_(pa.float32()))
     with pytest.raises(_core.ColumnError, match="takes a Spark ML vector column"):

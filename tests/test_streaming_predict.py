@@ -7,6 +7,9 @@ from pyspark.sql import functions as F
 
 from keras_spark.spark.session import is_connect
 
+# checkpointed streaming restarts are Spark's; scoring under each backend is test_predict's
+pytestmark = pytest.mark.backend_independent
+
 
 def _add_files(spark, directory, first_id: int, rows: int, files: int) -> None:
     frame = numeric_frame(spark, rows=first_id + rows, partitions=2, spark_partitions=files)

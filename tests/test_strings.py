@@ -20,6 +20,7 @@ def _strings(column):
     return sequences.as_strings(padded, (1,)), lengths
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("arrow_type", [pa.string(), pa.large_string(), pa.binary()], ids=str)
 def test_the_core_hands_strings_over_as_fixed_width_bytes(arrow_type):
     values = [c.encode() for c in COLORS] if arrow_type == pa.binary() else COLORS
@@ -29,11 +30,13 @@ def test_the_core_hands_strings_over_as_fixed_width_bytes(arrow_type):
     assert lengths.tolist() == [len(c.encode()) for c in COLORS]
 
 
+@pytest.mark.backend_independent
 def test_a_sliced_string_array_respects_its_offset():
     got, _ = _strings(pa.array(COLORS).slice(1, 3))
     assert [v.decode() for v in got[:, 0]] == COLORS[1:4]
 
 
+@pytest.mark.backend_independent
 def test_a_null_string_names_column_and_row():
     with pytest.raises(_core.ColumnError, match=r"column 'color' has a null value at row 2"):
         _strings(pa.array(["a", "b", None]))
@@ -87,6 +90,7 @@ def test_a_string_column_for_a_numeric_input_says_how_to_index_it(spark):
         model.fit(df, batch_size=4, epochs=1, verbose=0)
 
 
+@pytest.mark.backend_independent
 def test_as_strings_is_a_view_not_a_copy():
     padded = np.frombuffer(b"ab\0xyz", np.uint8).reshape(2, 3)
     view = sequences.as_strings(padded, (1,))
