@@ -127,16 +127,8 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
         return super().setParams(**params)
 
     def setModel(self, model) -> KerasEstimator:
+        """Sets the Keras model (a compiled keras.Model); returns the estimator."""
         return self.setParams(model=model)
-
-    def setEpochs(self, value: int) -> KerasEstimator:
-        return self._set(epochs=value)
-
-    def setBatchSize(self, value: int) -> KerasEstimator:
-        return self._set(batchSize=value)
-
-    def setLearningRate(self, value: float) -> KerasEstimator:
-        return self._set(learningRate=value)
 
     def setValidationData(self, df) -> KerasEstimator:
         """A DataFrame validated after each epoch (instead of `validationFraction`; not saved with the stage)."""
