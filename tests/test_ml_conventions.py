@@ -2,8 +2,11 @@
 explainParams, Sequential models, an outputCol, custom objects, and one model for transform and save."""
 
 import keras
+import numpy as np
 import pytest
+from builders import numeric_frame, regression_model
 from ml_frames import classifier
+from pyspark.ml import Pipeline
 
 from keras_spark.ml import KerasEstimator, KerasModel
 from keras_spark.ml.estimator import model_to_keras_bytes
@@ -46,3 +49,25 @@ def test_every_param_has_a_getter_and_a_setter_that_round_trip(stage_class):
         assert setter is not None and getter is not None, f"{stage_class.__name__}.{param.name}"
         assert setter(values[param.name]) is stage
         assert getter() == values[param.name], param.name
+
+
+# -- outputCol ------------------------------------------------------------------------------
+def _regression_estimator(**params) -> KerasEstimator:
+    return KerasEstimator(model=regression_model(), epochs=1, batchSize=16, **params)
+
+
+def test_two_keras_stages_in_one_pipeline_each_add_their_output_column(spark):
+    df = numeric_frame(spark, 64, 2)
+    pipeline = Pipeline(stages=[_regression_estimator(outputCol="first"), _regression_estimator()])
+    scored = pipeline.fit(df).transform(df)
+    assert {"first", "model_output"} <= set(scored.columns)
+    row = scored.select("first.y", "model_output.y").first()
+    assert np.isfinite(row[0]) and np.isfinite(row[1])
+
+
+def test_a_scored_frame_is_scored_again_under_another_output_col(spark):
+    df = numeric_frame(spark, 32, 2)
+    model = regression_model()
+    twice = model.predict(model.predict(df), output_col="again")
+    rows = twice.select("model_output.y", "again.y").collect()
+    assert len(rows) == 32 and all(r[0] == r[1] for r in rows)

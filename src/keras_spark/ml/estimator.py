@@ -189,8 +189,8 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
 class KerasModel(Model, KerasScoringParams, MLWritable, MLReadable):
     """The fitted stage: `transform(df)` is `KerasSparkModel.predict(df)` on the executors.
 
-    The result keeps every column of `df` and adds `model_output` (a struct, one field per
-    Keras output); with `predictionStyle` 'regression' or 'classification' it also adds the
+    The result keeps every column of `df` and adds `outputCol` (default `model_output`: a struct,
+    one field per Keras output); with `predictionStyle` 'regression' or 'classification' it also adds the
     columns Spark ML's evaluators read, from the model's first output. `history` holds the
     Keras History of the fit that made it (not saved with the stage).
     """
@@ -218,14 +218,14 @@ class KerasModel(Model, KerasScoringParams, MLWritable, MLReadable):
     def _transform(self, dataset):
         model = self.getKerasModel()
         df, added = _with_keras_names(dataset, self.getInputCols())
-        batch_size = self.getOrDefault(self.predictBatchSize) if self.isDefined(self.predictBatchSize) else None
         with self._keras_model_lock:  # predict reads the model's config and weights on this thread
-            scored = model.predict(df, batch_size=batch_size)
+            scored = model.predict(df, batch_size=self.getPredictBatchSize(), output_col=self.getOutputCol())
         if added:
             scored = scored.drop(*added)
         return flatten_outputs(
             scored, model.output_names[0], self.getPredictionStyle(), prediction_col=self.getPredictionCol(),
             probability_col=self.getProbabilityCol(), raw_prediction_col=self.getRawPredictionCol(),
+            output_col=self.getOutputCol(),
         )
 
     def write(self):
