@@ -71,3 +71,28 @@ def test_a_scored_frame_is_scored_again_under_another_output_col(spark):
     twice = model.predict(model.predict(df), output_col="again")
     rows = twice.select("model_output.y", "again.y").collect()
     assert len(rows) == 32 and all(r[0] == r[1] for r in rows)
+
+
+# -- Sequential models --------------------------------------------------------------------
+def _sequential(*first) -> keras.Sequential:
+    model = keras.Sequential([*first, keras.layers.Dense(4, activation="relu"), keras.layers.Dense(1, name="y")])
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    return model
+
+
+def test_a_sequential_model_trains_and_scores_with_its_own_weights(spark):
+    sequential = _sequential(keras.Input((4,), name="x"))
+    estimator = KerasEstimator(model=sequential, epochs=1, batchSize=16)
+    held = estimator.getKerasModel()
+    assert held.output_names == ["y"]
+    for a, b in zip(held.get_weights(), sequential.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    df = numeric_frame(spark, 64, 2)
+    scored = estimator.fit(df).transform(df).select("model_output.y").collect()
+    assert len(scored) == 64 and all(np.isfinite(r[0]) for r in scored)
+
+
+@pytest.mark.backend_independent
+def test_a_sequential_model_without_an_input_shape_is_refused_saying_why():
+    with pytest.raises(ValueError, match=r"no input shape yet.*keras.Input\(shape, name=...\)"):
+        KerasEstimator(model=_sequential())

@@ -45,12 +45,35 @@ def model_to_keras_bytes(model) -> bytes:
     if not model.compiled:
         raise ValueError("model is not compiled: call model.compile(optimizer, loss, ...) before giving it to "
                          "KerasEstimator (the estimator trains it with fit)")
+    if isinstance(model, keras.Sequential):
+        model = functional_from_sequential(model)
     model = as_keras_spark_model(model)
     if model.optimizer is not None and not model.optimizer.built:
         # Saved unbuilt, the optimizer's file holds fewer variables than the copy each fit loads
         # builds, and Keras warns at every load; built (all state zero) it loads as saved.
         model.optimizer.build(model.trainable_variables)
     return model_to_bytes(model)
+
+
+def functional_from_sequential(model):
+    """A compiled Sequential model as a functional one: the same layers (so the same weights), compile
+    config and optimizer. Spark binds columns by input and output name, which only functional models have.
+
+    The input is named after the Sequential's first layer (`keras.Input(shape, name="features")`); the output
+    after its last layer.
+    """
+    import keras
+
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except AttributeError as error:
+        raise ValueError(
+            f"Sequential model '{model.name}' has no input shape yet, so its input has no name for a column to "
+            f"feed: start it with keras.Input(shape, name=...) (or call model.build((None, ...)))") from error
+    functional = keras.Model(inputs[0], outputs[0], name=model.name)
+    config = keras.saving.deserialize_keras_object(model.get_compile_config())
+    functional.compile(**dict(config, optimizer=model.optimizer))
+    return functional
 
 
 def keras_model_from_bytes(model_bytes: bytes):
