@@ -96,3 +96,16 @@ def test_a_sequential_model_trains_and_scores_with_its_own_weights(spark):
 def test_a_sequential_model_without_an_input_shape_is_refused_saying_why():
     with pytest.raises(ValueError, match=r"no input shape yet.*keras.Input\(shape, name=...\)"):
         KerasEstimator(model=_sequential())
+
+
+# -- explainParams ------------------------------------------------------------------------
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("stage_class", [KerasEstimator, KerasModel])
+def test_explain_params_describes_the_model_instead_of_printing_its_bytes(stage_class):
+    model = classifier(width=30, output="score")
+    stage = stage_class().setKerasModelBytes(model_to_keras_bytes(model))
+    explained = stage.explainParams()
+    line = next(x for x in explained.splitlines() if x.startswith("kerasModelBytes:"))
+    assert len(explained) < 4000 and "b'PK" not in explained
+    assert f"model '{model.name}'" in line and "features float32 (None, 30)" in line
+    assert "score float32 (None, 1)" in line and f"{model.count_params():,} parameters" in line

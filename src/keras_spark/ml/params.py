@@ -66,6 +66,16 @@ def _to_custom_objects(value) -> dict:
     return dict(value)
 
 
+def describe_model(model) -> str:
+    """One line: the model's name, its inputs and outputs (name, dtype, shape) and its parameter count."""
+    def tensors(names, specs):
+        return ", ".join(f"{n} {t.dtype} {tuple(t.shape)}" for n, t in zip(names, specs, strict=True))
+
+    input_names = [t.name for t in model.inputs]  # a functional model names each input by its InputLayer
+    return (f"model '{model.name}': inputs {tensors(input_names, model.inputs)}; "
+            f"outputs {tensors(model.output_names, model.outputs)}; {model.count_params():,} parameters")
+
+
 class KerasScoringParams(Params):
     """Which columns feed the model and which columns `transform` adds."""
 
@@ -79,7 +89,7 @@ class KerasScoringParams(Params):
                       "{Keras output name: label column}; outputs not named here read the column of their own name",
                       typeConverter=_to_column_map)
     predictionStyle = Param(Params._dummy(), "predictionStyle",
-                            "'none': only the model_output struct; 'regression': also `prediction` (double); "
+                            "'none': only the outputCol struct; 'regression': also `prediction` (double); "
                             "'classification': also `prediction` (double), `probability` and `rawPrediction` "
                             "(vectors) from a sigmoid (1 unit) or softmax (k units) output",
                             typeConverter=_to_prediction_style)
@@ -106,6 +116,22 @@ class KerasScoringParams(Params):
         self._setDefault(inputCols={}, labelCols={}, predictionStyle="none", predictionCol="prediction",
                          probabilityCol="probability", rawPredictionCol="rawPrediction", outputCol="model_output",
                          customObjects={})
+
+    def explainParam(self, param) -> str:
+        """As Params.explainParam, except that the model is described (name, inputs, outputs, parameter
+        count), not printed as its .keras bytes."""
+        param = self._resolveParam(param)
+        if param.name != "kerasModelBytes" or not self.isDefined(param):
+            return super().explainParam(param)
+        return f"{param.name}: {param.doc} (current: {self._model_description()})"
+
+    def _model_description(self) -> str:
+        size = f"{len(self.getKerasModelBytes()) / 1024:.1f} KB as .keras"
+        try:
+            model = self.getKerasModel()
+        except Exception as error:  # explaining must not fail where opening the model does
+            return f"a model of {size}, not opened here ({type(error).__name__}: {error})"
+        return f"{describe_model(model)}; {size}"
 
     def setParams(self, **params):
         """Sets any of the stage's Params by name (`stage.setParams(predictionStyle="regression")`)."""
