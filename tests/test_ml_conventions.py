@@ -109,3 +109,21 @@ def test_explain_params_describes_the_model_instead_of_printing_its_bytes(stage_
     assert len(explained) < 4000 and "b'PK" not in explained
     assert f"model '{model.name}'" in line and "features float32 (None, 30)" in line
     assert "score float32 (None, 1)" in line and f"{model.count_params():,} parameters" in line
+
+
+# -- one model for transform and save -------------------------------------------------------
+def _scores(stage, df) -> np.ndarray:
+    return np.array([r[0] for r in stage.transform(df).orderBy("id").select("model_output.y").collect()])
+
+
+def test_a_fine_tuned_keras_model_is_what_the_saved_stage_scores(spark, tmp_path):
+    df = numeric_frame(spark, 32, 2)
+    stage = KerasModel(model_to_keras_bytes(regression_model()))
+    before = _scores(stage, df)
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    stage.getKerasModel().fit(x, x.sum(1) + 5.0, epochs=3, verbose=0)  # fine-tuned in place
+    tuned = _scores(stage, df)
+    assert not np.allclose(tuned, before)
+    stage.save(str(tmp_path / "stage"))
+    np.testing.assert_array_equal(_scores(KerasModel.load(str(tmp_path / "stage")), df), tuned)
+    np.testing.assert_array_equal(_scores(stage.copy(), df), tuned)

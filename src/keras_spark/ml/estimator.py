@@ -227,16 +227,37 @@ class KerasModel(Model, KerasScoringParams, MLWritable, MLReadable):
             self._set(kerasModelBytes=model_bytes)
 
     def copy(self, extra=None) -> KerasModel:
+        """A copy with the same Params; it opens its own Keras model, from the bytes of this one's as it is now."""
+        self.getKerasModelBytes()  # changes made to the opened model travel with the copy
         that = super().copy(extra)
         that._keras_model, that._keras_model_lock = None, threading.Lock()  # each copy opens its own
         return that
 
+    def _set(self, **kwargs):
+        if "kerasModelBytes" in kwargs and getattr(self, "_keras_model", None) is not None:
+            self._keras_model = None  # new bytes are a new model: the next transform opens them
+        return super()._set(**kwargs)
+
     def getKerasModel(self):
-        """The trained model as a KerasSparkModel (opened once per stage object, then kept)."""
+        """The model `transform` scores, as a KerasSparkModel (opened once per stage object, then kept).
+
+        It is the stage's model, not a copy: what is done to it (`fit`, `set_weights`, a layer made
+        untrainable) changes what `transform` scores, and what `save`, `copy` and `getKerasModelBytes`
+        write. Copy it first (`keras.models.clone_model`) to change it without changing the stage.
+        """
         with self._keras_model_lock:
             if self._keras_model is None:
                 self._keras_model = keras_model_from_bytes(self.getOrDefault(self.kerasModelBytes))
             return self._keras_model
+
+    def getKerasModelBytes(self) -> bytes:
+        """The .keras bytes of the model `transform` scores: once it is opened (getKerasModel), written
+        from it as it is now, so changes made to it since are saved too."""
+        with self._keras_model_lock:
+            if self._keras_model is not None:
+                # Into the map directly: through _set the new bytes would close the model they came from.
+                self._paramMap[self.kerasModelBytes] = model_to_keras_bytes(self._keras_model)
+        return self.getOrDefault(self.kerasModelBytes)
 
     def _transform(self, dataset):
         model = self.getKerasModel()

@@ -41,8 +41,8 @@ class KerasStageWriter(MLWriter):
         params = {p.name: v for p, v in self.instance._paramMap.items() if p.name != _BYTES_PARAM}
         DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession, paramMap=params)
         if self.instance.isDefined(self.instance.kerasModelBytes):
-            write_file(self.sparkSession, os.path.join(path, MODEL_FILE),
-                       self.instance.getOrDefault(self.instance.kerasModelBytes))
+            # getKerasModelBytes, not the Param: a KerasModel writes the model its transform scores
+            write_file(self.sparkSession, os.path.join(path, MODEL_FILE), self.instance.getKerasModelBytes())
 
 
 class KerasStageReader(MLReader):
