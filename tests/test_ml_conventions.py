@@ -127,3 +127,32 @@ def test_a_fine_tuned_keras_model_is_what_the_saved_stage_scores(spark, tmp_path
     stage.save(str(tmp_path / "stage"))
     np.testing.assert_array_equal(_scores(KerasModel.load(str(tmp_path / "stage")), df), tuned)
     np.testing.assert_array_equal(_scores(stage.copy(), df), tuned)
+
+
+# -- custom objects -------------------------------------------------------------------------
+def _shifted_model() -> keras.Model:
+    """A model with the unregistered Shift layer: opening it needs Shift given, by scope or Param."""
+    x = keras.Input((4,), name="x")
+    model = keras.Model(x, Shift(1.0, name="y")(keras.layers.Dense(1)(x)))
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    return model
+
+
+def test_custom_objects_param_ships_with_the_stage_through_fit_transform_save_and_load(spark, tmp_path):
+    df = numeric_frame(spark, 32, 2)
+    fitted = KerasEstimator(model=_shifted_model(), customObjects={"Shift": Shift}, epochs=1, batchSize=16).fit(df)
+    scored = _scores(fitted, df)
+    fitted.save(str(tmp_path / "stage"))
+    loaded = KerasModel.load(str(tmp_path / "stage"))
+    assert set(loaded.getCustomObjects()) == {"Shift"}
+    np.testing.assert_allclose(_scores(loaded, df), scored, rtol=1e-6)
+
+
+def test_a_users_custom_object_scope_reaches_fit_and_transform(spark):
+    df = numeric_frame(spark, 32, 2)
+    with keras.saving.custom_object_scope({"Shift": Shift}):
+        fitted = KerasEstimator(model=_shifted_model(), epochs=1, batchSize=16).fit(df)
+        scored = _scores(fitted, df)
+        assert keras.saving.get_registered_object("Shift") is Shift  # the user's scope is still the active one
+    assert len(scored) == 32 and np.isfinite(scored).all()
+    np.testing.assert_allclose(_scores(fitted, df), scored, rtol=1e-6)  # the fitted stage keeps what it needs
