@@ -100,11 +100,11 @@ def test_a_sequential_model_without_an_input_shape_is_refused_saying_why():
 
 # -- explainParams ------------------------------------------------------------------------
 @pytest.mark.backend_independent
-@pytest.mark.parametrize("stage_class", [KerasEstimator, KerasModel])
-def test_explain_params_describes_the_model_instead_of_printing_its_bytes(stage_class):
+@pytest.mark.parametrize("make_stage", [lambda m: KerasEstimator(model=m),
+                                        lambda m: KerasModel(model_to_keras_bytes(m))], ids=["estimator", "model"])
+def test_explain_params_describes_the_model_instead_of_printing_its_bytes(make_stage):
     model = classifier(width=30, output="score")
-    stage = stage_class().setKerasModelBytes(model_to_keras_bytes(model))
-    explained = stage.explainParams()
+    explained = make_stage(model).explainParams()
     line = next(x for x in explained.splitlines() if x.startswith("kerasModelBytes:"))
     assert len(explained) < 4000 and "b'PK" not in explained
     assert f"model '{model.name}'" in line and "features float32 (None, 30)" in line
