@@ -1,7 +1,8 @@
 """What MLflow records for fit(spark_df), and a logged model read back (run by test_mlflow in its own process).
 
 argv: a scratch folder, then the scenario: "autolog" (mlflow.keras.autolog, fit on the driver) or
-"callback" (keras_spark.mlflow.MlflowLogger, fit with num_workers=2: JAX workers on the executors).
+"callback" (keras_spark.mlflow.MlflowLogger, fit with num_workers=2: JAX workers on the executors) or
+"log_model" (fit on the driver, keras_spark.mlflow.log_model: no signature written by hand).
 Prints `RESULT {...}`: the runs made, the params and per-epoch metrics logged, and the largest
 difference between model.predict(df) and the logged model scored by mlflow.pyfunc.spark_udf.
 """
@@ -34,6 +35,12 @@ if scenario == "autolog":
     mlflow.keras.autolog()
     with mlflow.start_run() as run:
         model.fit(df, batch_size=32, epochs=2, verbose=0)
+elif scenario == "log_model":
+    from keras_spark.mlflow import log_model
+
+    with mlflow.start_run() as run:
+        model.fit(df, batch_size=32, epochs=2, verbose=0)
+        log_model(model, "model")
 else:
     from keras_spark.mlflow import MlflowLogger
 
@@ -57,9 +64,12 @@ result = {
 if model_uri:
     loaded = mlflow.keras.load_model(model_uri)
     result["loaded_class"] = type(loaded).__name__
+    signature = mlflow.models.get_model_info(model_uri).signature
+    result["signature"] = signature.to_dict() if signature else None
     expected = np.asarray([r["y"] for r in model.predict(df).orderBy("id").select("model_output.y").collect()])
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type="float", env_manager="local")
-    served = df.withColumn("served", udf(F.struct("x"))).orderBy("id").select("served").collect()
+    column = F.col("x") if scenario == "log_model" else F.struct("x")  # the column itself, as users type it
+    served = df.withColumn("served", udf(column)).orderBy("id").select("served").collect()
     result["max_served_diff"] = float(np.max(np.abs(np.asarray([r[0] for r in served]) - expected)))
 print("RESULT " + json.dumps(result), flush=True)
 spark.stop()

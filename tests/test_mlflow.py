@@ -2,6 +2,7 @@
 model served back (each scenario in its own process, tests/mlflow_model_run.py: MLflow's autolog patches Keras
 process-wide)."""
 
+import json
 import os
 
 import keras
@@ -32,3 +33,11 @@ def test_mlflow_logger_with_two_workers_logs_once_into_one_run(tmp_path):
     assert result["metric_steps"]["loss"] == [0, 1]  # rank 0 only: each epoch once, not once per worker
     assert result["params"]["epochs"] == "2" and result["params"]["steps_per_epoch"] == "8"
     assert result["max_served_diff"] < 1e-5
+
+
+def test_log_model_writes_a_signature_that_spark_udf_serves_from_the_column(tmp_path):
+    result = run_scenario_in("mlflow_model_run.py", tmp_path, "log_model", dict(os.environ))
+    assert result["models"] == 1 and result["loaded_class"] == "Functional"
+    inputs = json.loads(result["signature"]["inputs"])
+    assert inputs == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 4]}, "name": "x"}]
+    assert result["max_served_diff"] < 1e-5  # udf("x"): no "Invalid dtype: object" on the executors

@@ -1,11 +1,16 @@
-"""MLflow logging for fits that mlflow.keras.autolog() cannot see: `num_workers > 1`.
+"""MLflow: logging fits that mlflow.keras.autolog() cannot see (`num_workers > 1`), and logging a model
+that `mlflow.pyfunc.spark_udf` can serve.
 
     import mlflow
-    from keras_spark.mlflow import MlflowLogger
+    from keras_spark.mlflow import MlflowLogger, log_model
 
     with mlflow.start_run():
         model.fit(df, epochs=5, batch_size=64, num_workers=2, callbacks=[MlflowLogger(batch_size=64)])
-        mlflow.keras.log_model(model, name="model")   # the trained weights came back to the driver
+        log_model(model, name="model")   # the trained weights came back to the driver
+
+`log_model` is `mlflow.keras.log_model` with a signature of named tensors written from the model's
+inputs and outputs: without one, `spark_udf` hands Keras an array column as an object array
+("Invalid dtype: object"); with it, Keras gets {"x": float32 array}.
 
 With `num_workers > 1` Keras's loop runs in training processes on the executors, where
 autolog's patch of `keras.Model.fit` does not reach. This callback travels with the fit
@@ -19,6 +24,7 @@ from __future__ import annotations
 import time
 
 import keras
+import numpy as np
 
 
 def _is_rank_zero() -> bool:
@@ -81,3 +87,36 @@ def _is_number(value) -> bool:
         return True
     except (TypeError, ValueError):
         return False
+
+
+def _tensor_specs(names, tensors):
+    from mlflow.types.schema import Schema, TensorSpec
+
+    def dtype(t):  # a string input has no NumPy dtype but object
+        return np.dtype("O") if str(t.dtype) == "string" else np.dtype(str(t.dtype))
+
+    return Schema([TensorSpec(dtype(t), (-1, *(-1 if d is None else d for d in t.shape[1:])), name)
+                   for name, t in zip(names, tensors, strict=True)])
+
+
+def signature_of(model: keras.Model):
+    """The model's inputs and outputs as an `mlflow.models.ModelSignature` of named tensors (each input by
+    its name, dtype and per-row shape; batch dimension -1), as `mlflow.pyfunc.spark_udf` needs them."""
+    from mlflow.models import ModelSignature
+
+    return ModelSignature(inputs=_tensor_specs([t.name for t in model.inputs], model.inputs),
+                          outputs=_tensor_specs(model.output_names, model.outputs))
+
+
+def log_model(model: keras.Model, name: str, **kwargs):
+    """`mlflow.keras.log_model(model, name=name, **kwargs)` with `signature=signature_of(model)` unless one
+    is given; returns its `mlflow.models.model.ModelInfo`.
+
+        info = keras_spark.mlflow.log_model(model, "model")
+        udf = mlflow.pyfunc.spark_udf(spark, info.model_uri, result_type="float")
+        scored = df.withColumn("served", udf("x"))
+    """
+    import mlflow
+
+    kwargs.setdefault("signature", signature_of(model))
+    return mlflow.keras.log_model(model, name=name, **kwargs)

@@ -93,7 +93,8 @@ class KerasSparkModel(keras.Model):
         )
 
     # -- scoring --------------------------------------------------------------------
-    def predict(self, x, batch_size=None, *args, custom_objects=_UNSET, image_resize=_UNSET, **kwargs):
+    def predict(self, x, batch_size=None, *args, custom_objects=_UNSET, image_resize=_UNSET,
+                output_col: str = "model_output", **kwargs):
         """keras.Model.predict; with a Spark DataFrame, a lazy DataFrame scored on the executors.
 
         The result keeps every column of `x`, row for row, and adds a struct column
@@ -103,10 +104,13 @@ class KerasSparkModel(keras.Model):
         default of 32 rows is several times slower for DataFrame scoring.
         Custom objects registered with `keras.saving.register_keras_serializable` travel
         with the model; pass others as `custom_objects={"Name": obj}`. Image columns are fitted
-        as fit's `image_resize` says (pass the same value).
+        as fit's `image_resize` says (pass the same value). `output_col` (str, default
+        "model_output") names the struct column added, so a scored DataFrame can be scored again.
         """
         if not is_spark_dataframe(x):
-            _reject_spark_keywords(dict(custom_objects=custom_objects, image_resize=image_resize), "predict")
+            named = _UNSET if output_col == "model_output" else output_col
+            _reject_spark_keywords(dict(custom_objects=custom_objects, image_resize=image_resize, output_col=named),
+                                   "predict")
             return super().predict(x, batch_size, *args, **kwargs)
         from keras_spark.spark.score import predict_dataframe
         from keras_spark.spark.training import batch_size_or_default
@@ -119,7 +123,7 @@ class KerasSparkModel(keras.Model):
         resize = None if image_resize is _UNSET else image_resize
         bindings = sequences.with_options(binding.bind_inputs(self, x.schema, resize), options)
         objects = None if custom_objects is _UNSET else custom_objects
-        return predict_dataframe(self, x, bindings, batch_size, custom_objects=objects)
+        return predict_dataframe(self, x, bindings, batch_size, custom_objects=objects, output_col=output_col)
 
     # -- files ----------------------------------------------------------------------
     def save(self, filepath, *args, **kwargs):

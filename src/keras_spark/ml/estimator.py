@@ -14,7 +14,8 @@
 The estimator holds the compiled model as `.keras` bytes (a Param), never as a live object:
 every `fit` opens its own copy from the bytes, so a CrossValidator with `parallelism > 1`
 trains several copies in threads without sharing one (Keras models are not thread safe),
-and a saved pipeline stores a plain `.keras` file, no pickled code.
+and a saved pipeline stores a plain `.keras` file (with, cloudpickled beside it, only the
+`customObjects` the user gives).
 """
 
 from __future__ import annotations
@@ -27,14 +28,18 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from keras_spark.errors import BindingError, DataError
+from keras_spark.ml.custom_objects import for_opening, for_shipping
 from keras_spark.ml.outputs import flatten_outputs
 from keras_spark.ml.params import KerasScoringParams, KerasTrainingParams
 
 _LOADING = threading.Lock()  # Keras's loading touches process-wide registries; one thread at a time
 
 
-def model_to_keras_bytes(model) -> bytes:
-    """A compiled Keras model (functional or KerasSparkModel) as the .keras bytes a stage holds."""
+def model_to_keras_bytes(model, custom_objects: dict | None = None) -> bytes:
+    """A compiled Keras model (functional, Sequential or KerasSparkModel) as the .keras bytes a stage holds.
+
+    `custom_objects` ({name: class or function}) are in scope while its compile config is read again.
+    """
     import keras
 
     from keras_spark.model_package import model_to_bytes
@@ -45,7 +50,10 @@ def model_to_keras_bytes(model) -> bytes:
     if not model.compiled:
         raise ValueError("model is not compiled: call model.compile(optimizer, loss, ...) before giving it to "
                          "KerasEstimator (the estimator trains it with fit)")
-    model = as_keras_spark_model(model)
+    with keras.saving.custom_object_scope(for_opening(custom_objects or {})):
+        if isinstance(model, keras.Sequential):
+            model = functional_from_sequential(model)
+        model = as_keras_spark_model(model)
     if model.optimizer is not None and not model.optimizer.built:
         # Saved unbuilt, the optimizer's file holds fewer variables than the copy each fit loads
         # builds, and Keras warns at every load; built (all state zero) it loads as saved.
@@ -53,13 +61,35 @@ def model_to_keras_bytes(model) -> bytes:
     return model_to_bytes(model)
 
 
-def keras_model_from_bytes(model_bytes: bytes):
-    """A fresh KerasSparkModel (its own layers, weights and optimizer) from a stage's .keras bytes."""
+def functional_from_sequential(model):
+    """A compiled Sequential model as a functional one: the same layers (so the same weights), compile
+    config and optimizer. Spark binds columns by input and output name, which only functional models have.
+
+    The input is named after the Sequential's first layer (`keras.Input(shape, name="features")`); the output
+    after its last layer.
+    """
+    import keras
+
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except AttributeError as error:
+        raise ValueError(
+            f"Sequential model '{model.name}' has no input shape yet, so its input has no name for a column to "
+            f"feed: start it with keras.Input(shape, name=...) (or call model.build((None, ...)))") from error
+    functional = keras.Model(inputs[0], outputs[0], name=model.name)
+    config = keras.saving.deserialize_keras_object(model.get_compile_config())
+    functional.compile(**dict(config, optimizer=model.optimizer))
+    return functional
+
+
+def keras_model_from_bytes(model_bytes: bytes, custom_objects: dict | None = None):
+    """A fresh KerasSparkModel (its own layers, weights and optimizer) from a stage's .keras bytes, opened with
+    the user's active custom_object_scope and `custom_objects` ({name: class or function})."""
     from keras_spark.model_package import model_from_bytes
     from keras_spark.models import as_keras_spark_model
 
     with _LOADING:
-        return as_keras_spark_model(model_from_bytes(model_bytes))
+        return as_keras_spark_model(model_from_bytes(model_bytes, custom_objects=for_opening(custom_objects or {})))
 
 
 def _with_keras_names(df, mapping: dict):
@@ -111,8 +141,13 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
     `epochs`, `batchSize`, `learningRate` (overrides the compiled optimizer's), `partitionCol` /
     `numPartitions` (made from a row hash when the column is absent), `numWorkers`,
     `validationFraction` (or `setValidationData(df)`), `inputCols` / `labelCols`
-    ({Keras name: column}; by name otherwise), `seed`, `verbose`, and the KerasModel's
-    `predictionStyle`, `predictionCol`, `probabilityCol`, `rawPredictionCol`, `predictBatchSize`.
+    ({Keras name: column}; by name otherwise), `seed`, `verbose`, `customObjects` ({name: class or
+    function} for unregistered custom layers, losses and metrics; a `keras.saving.custom_object_scope`
+    around `fit` works too), and the KerasModel's `predictionStyle`, `predictionCol`, `probabilityCol`,
+    `rawPredictionCol`, `predictBatchSize`, `outputCol`. Each Param has its `getX` and `setX`.
+
+    `model` may be functional, a KerasSparkModel, or a Sequential one that starts with `keras.Input`
+    (held as a functional model with the same layers and weights).
     """
 
     def __init__(self, model=None, **params) -> None:
@@ -123,20 +158,13 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
     def setParams(self, model=None, **params) -> KerasEstimator:
         """Sets the Keras model (a compiled keras.Model) and any of the Params by name."""
         if model is not None:
-            params["kerasModelBytes"] = model_to_keras_bytes(model)
+            objects = params.get("customObjects") or self.getCustomObjects()
+            params["kerasModelBytes"] = model_to_keras_bytes(model, objects)
         return super().setParams(**params)
 
     def setModel(self, model) -> KerasEstimator:
+        """Sets the Keras model (a compiled keras.Model); returns the estimator."""
         return self.setParams(model=model)
-
-    def setEpochs(self, value: int) -> KerasEstimator:
-        return self._set(epochs=value)
-
-    def setBatchSize(self, value: int) -> KerasEstimator:
-        return self._set(batchSize=value)
-
-    def setLearningRate(self, value: float) -> KerasEstimator:
-        return self._set(learningRate=value)
 
     def setValidationData(self, df) -> KerasEstimator:
         """A DataFrame validated after each epoch (instead of `validationFraction`; not saved with the stage)."""
@@ -145,7 +173,7 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
 
     def getKerasModel(self):
         """A fresh copy of the (untrained) Keras model this estimator holds."""
-        return keras_model_from_bytes(self.getOrDefault(self.kerasModelBytes))
+        return keras_model_from_bytes(self.getKerasModelBytes(), self.getCustomObjects())
 
     def _fit(self, dataset) -> KerasModel:
         if not self.isDefined(self.kerasModelBytes):
@@ -157,6 +185,8 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
         fraction = self.getOrDefault(self.validationFraction)
         if validation is None and fraction > 0:
             train, validation = dataset.randomSplit([1.0 - fraction, fraction], seed=self.getOrDefault(self.seed))
+        # Named in the fitted stage: it then scores, saves and loads outside the user's scope too.
+        objects = for_shipping(self.getKerasModelBytes(), self.getCustomObjects())
         mapping = {**self.getInputCols(), **self.getLabelCols()}
         train, _ = self._for_training(train, mapping, model)
         if validation is not None:
@@ -165,10 +195,10 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
             train, batch_size=self.getOrDefault(self.batchSize), epochs=self.getOrDefault(self.epochs),
             partition_col=self.getOrDefault(self.partitionCol), num_workers=self.getOrDefault(self.numWorkers),
             validation_data=validation, verbose=self.getOrDefault(self.verbose),
-            shuffle_seed=self.getOrDefault(self.seed),
+            shuffle_seed=self.getOrDefault(self.seed), custom_objects=objects,
         )
         fitted = self._copyValues(KerasModel())  # the scoring Params this estimator was given
-        fitted._set(kerasModelBytes=model_to_keras_bytes(model))  # the trained weights
+        fitted._set(kerasModelBytes=model_to_keras_bytes(model), customObjects=objects)  # the trained weights
         fitted.history = dict(history.history) if history is not None else {}
         return fitted
 
@@ -197,8 +227,8 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
 class KerasModel(Model, KerasScoringParams, MLWritable, MLReadable):
     """The fitted stage: `transform(df)` is `KerasSparkModel.predict(df)` on the executors.
 
-    The result keeps every column of `df` and adds `model_output` (a struct, one field per
-    Keras output); with `predictionStyle` 'regression' or 'classification' it also adds the
+    The result keeps every column of `df` and adds `outputCol` (default `model_output`: a struct,
+    one field per Keras output); with `predictionStyle` 'regression' or 'classification' it also adds the
     columns Spark ML's evaluators read, from the model's first output. `history` holds the
     Keras History of the fit that made it (not saved with the stage).
     """
@@ -212,28 +242,52 @@ class KerasModel(Model, KerasScoringParams, MLWritable, MLReadable):
             self._set(kerasModelBytes=model_bytes)
 
     def copy(self, extra=None) -> KerasModel:
+        """A copy with the same Params; it opens its own Keras model, from the bytes of this one's as it is now."""
+        self.getKerasModelBytes()  # changes made to the opened model travel with the copy
         that = super().copy(extra)
         that._keras_model, that._keras_model_lock = None, threading.Lock()  # each copy opens its own
         return that
 
+    def _set(self, **kwargs):
+        if "kerasModelBytes" in kwargs and getattr(self, "_keras_model", None) is not None:
+            self._keras_model = None  # new bytes are a new model: the next transform opens them
+        return super()._set(**kwargs)
+
     def getKerasModel(self):
-        """The trained model as a KerasSparkModel (opened once per stage object, then kept)."""
+        """The model `transform` scores, as a KerasSparkModel (opened once per stage object, then kept).
+
+        It is the stage's model, not a copy: what is done to it (`fit`, `set_weights`, a layer made
+        untrainable) changes what `transform` scores, and what `save`, `copy` and `getKerasModelBytes`
+        write. Copy it first (`keras.models.clone_model`) to change it without changing the stage.
+        """
         with self._keras_model_lock:
             if self._keras_model is None:
-                self._keras_model = keras_model_from_bytes(self.getOrDefault(self.kerasModelBytes))
+                self._keras_model = keras_model_from_bytes(self.getOrDefault(self.kerasModelBytes),
+                                                           self.getCustomObjects())
             return self._keras_model
+
+    def getKerasModelBytes(self) -> bytes:
+        """The .keras bytes of the model `transform` scores: once it is opened (getKerasModel), written
+        from it as it is now, so changes made to it since are saved too."""
+        with self._keras_model_lock:
+            if self._keras_model is not None:
+                # Into the map directly: through _set the new bytes would close the model they came from.
+                self._paramMap[self.kerasModelBytes] = model_to_keras_bytes(self._keras_model)
+        return self.getOrDefault(self.kerasModelBytes)
 
     def _transform(self, dataset):
         model = self.getKerasModel()
         df, added = _with_keras_names(dataset, self.getInputCols())
-        batch_size = self.getOrDefault(self.predictBatchSize) if self.isDefined(self.predictBatchSize) else None
+        objects = for_shipping(self.getOrDefault(self.kerasModelBytes), self.getCustomObjects())
         with self._keras_model_lock:  # predict reads the model's config and weights on this thread
-            scored = model.predict(df, batch_size=batch_size)
+            scored = model.predict(df, batch_size=self.getPredictBatchSize(), output_col=self.getOutputCol(),
+                                   custom_objects=objects)
         if added:
             scored = scored.drop(*added)
         return flatten_outputs(
             scored, model.output_names[0], self.getPredictionStyle(), prediction_col=self.getPredictionCol(),
             probability_col=self.getProbabilityCol(), raw_prediction_col=self.getRawPredictionCol(),
+            output_col=self.getOutputCol(),
         )
 
     def write(self):

@@ -1,4 +1,4 @@
-"""The `model_output` struct flattened into the columns Spark ML's evaluators read.
+"""The `model_output` struct (the stage's outputCol) flattened into the columns Spark ML's evaluators read.
 
 - regression: `prediction`, a double (RegressionEvaluator);
 - classification: `probability` and `rawPrediction`, Spark ML dense vectors (one entry a class), and
@@ -19,8 +19,8 @@ from keras_spark.errors import BindingError
 from keras_spark.spark.score import OUTPUT_COLUMN
 
 
-def _output_field(scored_schema: T.StructType, output_name: str) -> T.StructField:
-    return next(f for f in scored_schema[OUTPUT_COLUMN].dataType.fields if f.name == output_name)
+def _output_field(scored_schema: T.StructType, output_col: str, output_name: str) -> T.StructField:
+    return next(f for f in scored_schema[output_col].dataType.fields if f.name == output_name)
 
 
 def _is_number(data_type: T.DataType) -> bool:
@@ -32,12 +32,12 @@ def _is_vector_of_numbers(data_type: T.DataType) -> bool:
 
 
 def flatten_outputs(scored, output_name: str, style: str, *, prediction_col: str, probability_col: str,
-                    raw_prediction_col: str):
-    """`scored` (predict's result) with the evaluator columns of `output_name` appended."""
+                    raw_prediction_col: str, output_col: str = OUTPUT_COLUMN):
+    """`scored` (predict's result, its struct named `output_col`) with the evaluator columns of `output_name`."""
     if style == "none":
         return scored
-    field = _output_field(scored.schema, output_name)
-    value = F.col(OUTPUT_COLUMN).getField(output_name)
+    field = _output_field(scored.schema, output_col, output_name)
+    value = F.col(f"`{output_col}`").getField(output_name)
     taken = [c for c in (prediction_col, probability_col, raw_prediction_col) if c in scored.columns]
     if taken:
         raise BindingError(f"the DataFrame already has column(s) {taken}, which predictionStyle='{style}' adds; "
@@ -46,7 +46,7 @@ def flatten_outputs(scored, output_name: str, style: str, *, prediction_col: str
         if not _is_number(field.dataType):
             raise BindingError(f"predictionStyle='regression' needs a one-number-per-row output; output "
                                f"'{output_name}' is {field.dataType.simpleString()}: use predictionStyle='none' "
-                               f"and read model_output.{output_name}")
+                               f"and read {output_col}.{output_name}")
         return scored.withColumn(prediction_col, value.cast("double"))
     if _is_number(field.dataType):  # sigmoid: P(class 1)
         positive = value.cast("double")

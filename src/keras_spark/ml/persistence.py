@@ -1,7 +1,9 @@
-"""Saving and loading KerasEstimator / KerasModel, alone or inside a Pipeline(Model), with no pickled code.
+"""Saving and loading KerasEstimator / KerasModel, alone or inside a Pipeline(Model); code is pickled only
+where the user gives it (customObjects).
 
     <path>/metadata/     Spark ML's own JSON metadata (DefaultParamsWriter): class, uid, Params
     <path>/model.keras   the Keras model (architecture, weights, compile config, optimizer state)
+    <path>/custom_objects.pkl  the customObjects Param, cloudpickled, where it is not empty
 
 Both are written where Spark writes (the path's Hadoop file system; over Spark Connect, the
 server's), so `PipelineModel.load(path)` works from a new session, classic or Connect.
@@ -16,7 +18,9 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, 
 from keras_spark.spark.session import is_connect, read_file, write_file
 
 MODEL_FILE = "model.keras"
+OBJECTS_FILE = "custom_objects.pkl"
 _BYTES_PARAM = "kerasModelBytes"  # saved as the .keras file, not inside the JSON metadata
+_OBJECTS_PARAM = "customObjects"  # classes and functions: pickled beside it, not JSON
 
 
 def _class_name(cls) -> str:
@@ -38,11 +42,17 @@ class KerasStageWriter(MLWriter):
         RemoteMLWriter.handleOverwrite(path, True)
 
     def saveImpl(self, path: str) -> None:
-        params = {p.name: v for p, v in self.instance._paramMap.items() if p.name != _BYTES_PARAM}
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession, paramMap=params)
+        params = {p.name: v for p, v in self.instance._paramMap.items() if p.name not in (_BYTES_PARAM, _OBJECTS_PARAM)}
+        objects = self.instance.getCustomObjects()
+        extra = {"customObjectsFile": OBJECTS_FILE} if objects else None
+        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession, paramMap=params, extraMetadata=extra)
+        if objects:
+            from keras_spark.ml.custom_objects import to_bytes
+
+            write_file(self.sparkSession, os.path.join(path, OBJECTS_FILE), to_bytes(objects))
         if self.instance.isDefined(self.instance.kerasModelBytes):
-            write_file(self.sparkSession, os.path.join(path, MODEL_FILE),
-                       self.instance.getOrDefault(self.instance.kerasModelBytes))
+            # getKerasModelBytes, not the Param: a KerasModel writes the model its transform scores
+            write_file(self.sparkSession, os.path.join(path, MODEL_FILE), self.instance.getKerasModelBytes())
 
 
 class KerasStageReader(MLReader):
@@ -58,6 +68,11 @@ class KerasStageReader(MLReader):
         instance._resetUid(metadata["uid"])
         instance._setDefault(**metadata.get("defaultParamMap", {}))
         instance._set(**metadata["paramMap"])
+        if metadata.get("customObjectsFile"):
+            from keras_spark.ml.custom_objects import from_bytes
+
+            objects = from_bytes(read_file(self.sparkSession, os.path.join(path, metadata["customObjectsFile"])))
+            instance._set(**{_OBJECTS_PARAM: objects})
         model_path = os.path.join(path, MODEL_FILE)
         try:
             model_bytes = read_file(self.sparkSession, model_path)

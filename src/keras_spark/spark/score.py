@@ -48,16 +48,18 @@ def output_field_type(shape, dtype: str) -> T.DataType:
     return spark_type
 
 
-def output_schema(model, input_schema: T.StructType) -> T.StructType:
+def output_schema(model, input_schema: T.StructType, output_col: str = OUTPUT_COLUMN) -> T.StructType:
+    """`input_schema` plus the struct column `output_col`, one field per model output."""
     outputs = T.StructType([
         T.StructField(name, output_field_type(t.shape[1:], str(t.dtype)), nullable=False)
         for name, t in zip(model.output_names, model.outputs, strict=True)
     ])
-    if OUTPUT_COLUMN in input_schema.fieldNames():
+    if output_col in input_schema.fieldNames():
         from keras_spark.errors import BindingError
 
-        raise BindingError(f"the DataFrame already has a column '{OUTPUT_COLUMN}'; drop or rename it before predict")
-    return T.StructType(input_schema.fields + [T.StructField(OUTPUT_COLUMN, outputs, nullable=False)])
+        raise BindingError(f"the DataFrame already has a column '{output_col}' (scored before?); pass another "
+                           f"name as predict's output_col= (the ML stages' outputCol), or drop or rename it")
+    return T.StructType(input_schema.fields + [T.StructField(output_col, outputs, nullable=False)])
 
 
 def _to_arrow(values: np.ndarray, spark_type: T.DataType) -> pa.Array:
@@ -140,8 +142,9 @@ def default_batch_rows(row_bytes: int) -> int:
     return max(low, min(high, PREDICT_BATCH_BYTES // max(1, row_bytes)))
 
 
-def _score_batches(batches, *, model_id, package, backend, bindings, output_types, batch_size, gpu_amount=0.0):
-    """Executor side: each Arrow batch -> the same batch plus the `model_output` struct."""
+def _score_batches(batches, *, model_id, package, backend, bindings, output_types, batch_size, gpu_amount=0.0,
+                   output_col=OUTPUT_COLUMN):
+    """Executor side: each Arrow batch -> the same batch plus the `output_col` struct."""
     from keras_spark import devices
 
     # This task's GPUs (or the CPU thread cap) before the backend's first import in this worker.
@@ -169,7 +172,7 @@ def _score_batches(batches, *, model_id, package, backend, bindings, output_type
                   if trim else _to_arrow(np.asarray(o), spark_type)
                   for o, (_, spark_type), trim in zip(outputs, output_types, trims, strict=True)]
         struct = pa.StructArray.from_arrays(fields, names=names)
-        yield pa.RecordBatch.from_arrays(batch.columns + [struct], names=batch.schema.names + [OUTPUT_COLUMN])
+        yield pa.RecordBatch.from_arrays(batch.columns + [struct], names=batch.schema.names + [output_col])
 
 
 def _package(model, custom_objects: dict | None) -> tuple[str, bytes]:
@@ -199,12 +202,12 @@ def _package(model, custom_objects: dict | None) -> tuple[str, bytes]:
 
 
 def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int | None,
-                      custom_objects: dict | None = None):
-    """A lazy DataFrame: every column of `df` plus `model_output`, scored on the executors."""
+                      custom_objects: dict | None = None, output_col: str = OUTPUT_COLUMN):
+    """A lazy DataFrame: every column of `df` plus the struct `output_col`, scored on the executors."""
     import keras
 
-    schema = output_schema(model, df.schema)
-    output_types = [(f.name, f.dataType) for f in schema[OUTPUT_COLUMN].dataType.fields]
+    schema = output_schema(model, df.schema, output_col)
+    output_types = [(f.name, f.dataType) for f in schema[output_col].dataType.fields]
     model_id, package = _package(model, custom_objects)
     score = functools.partial(
         _score_batches,
@@ -216,5 +219,6 @@ def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int 
         output_types=output_types,
         batch_size=batch_size,
         gpu_amount=task_gpu_amount(df.sparkSession),  # the share each task's GPU addresses stand for
+        output_col=output_col,
     )
     return df.mapInArrow(score, schema)
