@@ -15,8 +15,9 @@ import os
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+import keras_spark.models  # noqa: E402, F401, I001  (first: Keras imported without the backend's start-up lines)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -13,10 +13,14 @@ from __future__ import annotations
 import contextlib
 import functools
 
-import keras
+from keras_spark.quiet import import_backend
 
-from keras_spark import binding
-from keras_spark.spark import is_spark_dataframe
+import_backend()  # Keras and its backend, without the backend's C++ start-up lines (KERAS_SPARK_VERBOSE=1 keeps them)
+
+import keras  # noqa: E402
+
+from keras_spark import binding  # noqa: E402
+from keras_spark.spark import is_spark_dataframe  # noqa: E402
 
 _UNSET = object()
 

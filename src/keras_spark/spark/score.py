@@ -146,6 +146,9 @@ def _score_batches(batches, *, model_id, package, backend, bindings, output_type
 
     # This task's GPUs (or the CPU thread cap) before the backend's first import in this worker.
     placement = devices.use_task_devices(backend, gpu_amount)
+    from keras_spark.quiet import import_backend
+
+    import_backend()  # without the backend's C++ start-up lines on the executor's stderr (KERAS_SPARK_VERBOSE)
     import keras
 
     model = _load_model(model_id, package, backend)
