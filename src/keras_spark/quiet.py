@@ -46,7 +46,7 @@ _NOISE = (
 
 
 def verbose() -> bool:
-    """True when the user asked for the backend's and Spark's own console output (KERAS_SPARK_VERBOSE=1)."""
+    """True when the user asked for the backend's start-up lines (KERAS_SPARK_VERBOSE=1)."""
     return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 

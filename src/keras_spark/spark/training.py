@@ -23,7 +23,7 @@ from keras_spark.spark.extract import extract
 from keras_spark.weights import bind_weight_column, check_weight_values, class_weight_table
 
 MADE_PARTITION_IDS = 8
-"""How many partition ids fit/evaluate make when the DataFrame has no `partition_col` column (as KerasEstimator)."""
+"""int: partition ids fit/evaluate make when the DataFrame has no `partition_col` column (as KerasEstimator)."""
 
 
 def with_partition_ids(df, partition_col: str, seed: int = 0):
