@@ -20,6 +20,13 @@ def quickstart_code() -> str:
     return text.split("# --8<-- [start:quickstart]\n")[1].split("# --8<-- [end:quickstart]")[0]
 
 
+def test_the_readme_quickstart_is_examples_quickstart():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Quickstart"):]
+    block = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    assert block == quickstart_code()
+
+
 def test_the_quickstart_learns_y_equals_2x_plus_1_and_prints_predictions(spark, capsys):
     exec(compile(quickstart_code(), str(EXAMPLES / "quickstart.py"), "exec"), {"__name__": "quickstart"})
     printed = capsys.readouterr().out
