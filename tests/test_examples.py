@@ -36,8 +36,12 @@ def test_the_quickstart_learns_y_equals_2x_plus_1_and_prints_predictions(spark, 
 
 
 def _run_example(name: str, *args: str, tmp_path: Path) -> str:
+    import keras_spark
+
+    # The keras_spark this test imported (an installed wheel, or src/ with an in-place core).
+    package_root = str(Path(keras_spark.__file__).parents[1])
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TMPDIR=str(tmp_path),
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), *sys.path]))
+               PYTHONPATH=os.pathsep.join([package_root, *sys.path]))
     done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
