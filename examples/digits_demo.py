@@ -1,6 +1,6 @@
 """The demo: scikit-learn's bundled digits, trained and scored through Spark with KerasSparkModel.
 
-    pip install ".[demo]" && python examples/digits_demo.py
+    pip install ".[demo]" && python examples/digits_demo.py [--epochs 8]
 
 Starts a local Spark, makes a DataFrame of 8x8 digit images (pixels as an
 array<array<float>> column, a partition_id column), trains a small network from it
@@ -8,11 +8,13 @@ with `fit`, scores the held-out rows on the executors with `predict`, and prints
 the held-out accuracy and a few predictions beside their labels.
 """
 
+import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+import keras_spark.models  # noqa: E402, F401, I001  (first: Keras imported without the backend's start-up lines)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -51,7 +53,7 @@ def small_convnet():
     return model
 
 
-def main():
+def main(epochs: int = 8):
     keras.utils.set_random_seed(0)
     spark = SparkSession.builder.master("local[2]").appName("keras-spark-demo") \
         .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate()
@@ -61,7 +63,7 @@ def main():
     print(f"digits: {train.count()} training rows, {held_out.count()} held out, {PARTITIONS} partition ids")
 
     model = small_convnet()
-    model.fit(train, batch_size=32, epochs=8, partition_col="partition_id", num_parallel_calls=4)
+    model.fit(train, batch_size=32, epochs=epochs, partition_col="partition_id", num_parallel_calls=4)
 
     scored = model.predict(held_out).withColumn(
         "predicted", F.array_position("model_output.digit", F.array_max("model_output.digit")) - 1
@@ -75,4 +77,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
+    main(parser.parse_args().epochs)

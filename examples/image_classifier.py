@@ -1,6 +1,6 @@
 """An image classifier trained from a folder of image files, read with Spark's binaryFile source.
 
-    pip install ".[demo]" && python examples/image_classifier.py [folder]
+    pip install ".[demo]" && python examples/image_classifier.py [--folder DIR] [--epochs 10] [--images N]
 
 Writes scikit-learn's bundled digits as PNG and JPEG files, one folder per class
 (<folder>/<digit>/<n>.png), upscaled to sizes between 28 and 40 pixels. Spark reads them
@@ -8,15 +8,18 @@ with `spark.read.format("binaryFile")` (path, modificationTime, length, content)
 `content` column of encoded bytes feeds `keras.Input(shape=(32, 32, 1), dtype="uint8")`
 directly: keras-spark's core decodes each file on its own threads and resizes it to 32x32
 (`image_resize="resize"`). The model trains with `fit`, scores the held-out files on the
-executors with `predict`, and the script prints the held-out accuracy.
+executors with `predict`, and the script prints the held-out accuracy. Without `--folder` the
+files go to a temporary directory that is removed at the end.
 """
 
+import argparse
 import os
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+import keras_spark.models  # noqa: E402, F401, I001  (first: Keras imported without the backend's start-up lines)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -31,11 +34,12 @@ SIDE = 32
 PARTITIONS = 8
 
 
-def write_digit_files(folder: str) -> int:
-    """Each digit as a PNG or JPEG file of 28..40 pixels a side in <folder>/<digit>/."""
+def write_digit_files(folder: str, limit: int | None = None) -> int:
+    """Each digit (the first `limit`) as a PNG or JPEG file of 28..40 pixels a side in <folder>/<digit>/."""
     digits = load_digits()
+    images, targets = digits.images[:limit], digits.target[:limit]
     rng = np.random.default_rng(0)
-    for i, (image, digit) in enumerate(zip(digits.images, digits.target, strict=True)):
+    for i, (image, digit) in enumerate(zip(images, targets, strict=True)):
         side = int(rng.integers(28, 41))
         pixels = tf.image.resize(image[..., None] * (255 / 16), (side, side))
         pixels = tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
@@ -43,7 +47,7 @@ def write_digit_files(folder: str) -> int:
         os.makedirs(os.path.join(folder, str(digit)), exist_ok=True)
         with open(os.path.join(folder, str(digit), f"{i:05d}.{'png' if i % 2 else 'jpg'}"), "wb") as f:
             f.write(encoded.numpy())
-    return len(digits.images)
+    return len(images)
 
 
 def image_files(spark, folder: str):
@@ -70,10 +74,12 @@ def small_convnet():
     return model
 
 
-def main():
+def main(folder: str | None = None, epochs: int = 10, images: int | None = None) -> float:
+    if folder is None:
+        with tempfile.TemporaryDirectory(prefix="digit_images_") as scratch:
+            return main(scratch, epochs, images)
     keras.utils.set_random_seed(0)
-    folder = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="digit_images_")
-    print(f"wrote {write_digit_files(folder)} image files under {folder}")
+    print(f"wrote {write_digit_files(folder, images)} image files under {folder}")
     spark = SparkSession.builder.master("local[2]").appName("keras-spark-images") \
         .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
@@ -81,7 +87,7 @@ def main():
     train, held_out = files.filter(~F.col("held_out")), files.filter(F.col("held_out"))
 
     model = small_convnet()
-    model.fit(train, batch_size=64, epochs=10, verbose=2, image_resize="resize")
+    model.fit(train, batch_size=64, epochs=epochs, verbose=2, image_resize="resize")
     scored = model.predict(held_out, image_resize="resize").select("path", "digit", "model_output.digit")
     rows = scored.toPandas()
     predicted = np.stack(rows.iloc[:, 2].to_numpy()).argmax(axis=1)
@@ -92,4 +98,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", help="where to write the image files (kept); default a temporary directory")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    parser.add_argument("--images", type=int, default=None, help="use only the first N digits (default all 1,797)")
+    args = parser.parse_args()
+    main(args.folder, args.epochs, args.images)

@@ -1,18 +1,20 @@
 """A Spark ML pipeline with a Keras stage, on scikit-learn's bundled breast cancer data set.
 
-    pip install ".[demo]" && python examples/pipeline_demo.py
+    pip install ".[demo]" && python examples/pipeline_demo.py [--epochs 10]
 
 VectorAssembler -> StandardScaler -> KerasEstimator in one pyspark.ml Pipeline; the learning
 rate chosen by a 2-fold CrossValidator (BinaryClassificationEvaluator's AUC), the best pipeline
 scored on held-out rows, saved, loaded back and scored again (the same AUC).
 """
 
+import argparse
 import os
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+import keras_spark.models  # noqa: E402, F401, I001  (first: Keras imported without the backend's start-up lines)
 
 import keras  # noqa: E402
 from pyspark.ml import Pipeline, PipelineModel  # noqa: E402
@@ -39,7 +41,7 @@ def small_classifier(width: int) -> keras.Model:
     return model
 
 
-def main():
+def main(epochs: int = 10):
     keras.utils.set_random_seed(0)
     spark = SparkSession.builder.master("local[2]").appName("keras-spark-pipeline-demo") \
         .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate()
@@ -48,7 +50,7 @@ def main():
     train, test = df.randomSplit([0.8, 0.2], seed=1)
     columns = [c for c in df.columns if c != "target"]
 
-    keras_stage = KerasEstimator(model=small_classifier(len(columns)), epochs=10, batchSize=32,
+    keras_stage = KerasEstimator(model=small_classifier(len(columns)), epochs=epochs, batchSize=32,
                                  inputCols={"features": "scaled"}, predictionStyle="classification")
     pipeline = Pipeline(stages=[VectorAssembler(inputCols=columns, outputCol="assembled"),
                                 StandardScaler(inputCol="assembled", outputCol="scaled", withMean=True),
@@ -74,4 +76,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs of each fit (default 10)")
+    main(parser.parse_args().epochs)

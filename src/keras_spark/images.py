@@ -26,6 +26,7 @@ from pyspark.sql import types as T
 from keras_spark.errors import BindingError
 
 IMAGE_RESIZE_CHOICES = (None, "resize", "center_crop")
+"""tuple[str | None, ...]: the values of `image_resize` (see the module docstring)."""
 IMAGE_DTYPES = ("uint8", "float32", "float64")
 IMAGE_STRUCT_FIELDS = frozenset({"origin", "height", "width", "nChannels", "mode", "data"})
 

@@ -13,10 +13,14 @@ from __future__ import annotations
 import contextlib
 import functools
 
-import keras
+from keras_spark.quiet import import_backend
 
-from keras_spark import binding
-from keras_spark.spark import is_spark_dataframe
+import_backend()  # Keras and its backend, without the backend's C++ start-up lines (KERAS_SPARK_VERBOSE=1 keeps them)
+
+import keras  # noqa: E402
+
+from keras_spark import binding  # noqa: E402
+from keras_spark.spark import is_spark_dataframe  # noqa: E402
 
 _UNSET = object()
 
@@ -25,8 +29,23 @@ _UNSET = object()
 class KerasSparkModel(keras.Model):
     """A Keras functional model whose fit, evaluate and predict also take a PySpark DataFrame.
 
+    Made as `keras.Model(inputs, outputs)` is: `KerasSparkModel(inputs, outputs, name=None)`.
     Inputs are fed from the columns named like the Keras inputs; each output's label is
-    the column named like the output (`model.output_names`).
+    the column named like the output (`model.output_names`). Given anything that is not a
+    Spark DataFrame, every method is `keras.Model`'s own.
+
+    Attributes:
+        data_stats (dict): after a `fit` on a DataFrame, where the time went and what was trained
+            (see `fit`).
+
+    Example:
+        ```python
+        x = keras.Input(shape=(1,), name="x")
+        model = KerasSparkModel(x, keras.layers.Dense(1, name="y")(x))
+        model.compile("adam", "mse")
+        model.fit(df, batch_size=32, epochs=5)
+        model.predict(df).select("x", "y", "model_output.y")
+        ```
     """
 
     def __init__(self, *args, **kwargs):
@@ -41,20 +60,84 @@ class KerasSparkModel(keras.Model):
             custom_objects=_UNSET, image_resize=_UNSET, **kwargs):
         """keras.Model.fit; with a Spark DataFrame `x`, trains on its columns.
 
-        Spark-only keywords: `partition_col` (default "partition_id": integer ids 0..n,
-        each one unit of streaming), `num_parallel_calls` (partitions read and interleaved
-        at once; default one per core) and `cache_dir` (where the one Spark pass leaves
-        its dense cache; must be visible to executors and driver; default a temporary
-        directory, removed after fit), `num_workers` (default 1: train on the driver; N > 1:
-        N data-parallel JAX processes in one Spark barrier stage on the executors, with
-        `batch_size` the global batch), `allow_non_finite` (default False: a NaN or infinite
-        feature or label is an error naming the column and row; True keeps Keras's own behaviour),
-        `custom_objects` (a dict of custom layers, losses and metrics the num_workers processes
-        need beyond those registered with `keras.saving.register_keras_serializable`, which
-        travel by themselves). With a DataFrame, `sample_weight` is the name of a column of
-        row weights, and `class_weight` works as with NumPy data. `image_resize` (None, "resize" or
-        "center_crop") fits image columns (binary JPEG/PNG, Spark's image struct) to their
-        input's (height, width); see keras_spark.images.
+        Given anything but a Spark DataFrame, this is `keras.Model.fit` exactly (and the
+        Spark-only keywords below are a TypeError). With a DataFrame, each Keras input is fed
+        from the column of its name and each output's label is the column named like the
+        output (`model.output_names`); one Spark pass writes a local cache, then Keras's own
+        loop trains from it, every epoch one pass over every row. Every other `keras.Model.fit`
+        argument (`callbacks`, `verbose`, `initial_epoch`, `steps_per_epoch`, `validation_batch_size`,
+        `validation_steps`, ...) is Keras's own. See the user guide, [Columns and kinds](../guide/columns.md).
+
+        Args:
+            x (pyspark.sql.DataFrame): the training rows (classic or Spark Connect).
+            y (None): must be None with a DataFrame: labels are the columns named like the outputs.
+            batch_size (int | None): rows a step (default 32); with `num_workers` > 1 the global batch,
+                which must split evenly over the workers.
+            epochs (int): passes over every row.
+            partition_col (str): default "partition_id". The column of integer partition ids 0..n; each id
+                is one unit of streaming (up to `num_parallel_calls` ids are read at once and their rows
+                interleaved). When the DataFrame has no such column, fit makes one: a hash of each row's
+                id into `keras_spark.spark.training.MADE_PARTITION_IDS` (8) ids, as KerasEstimator does;
+                `data_stats["partitions"]` is the number of ids and `data_stats["partition_ids_made"]`
+                says whether fit made them.
+            num_parallel_calls (int | None): partition ids read and interleaved at once; default one per core.
+            cache_dir (str | None): where the one Spark pass leaves its cache; default a temporary
+                directory. It is removed after fit. Executors write there when they can see it;
+                otherwise the rows travel to the driver, which writes it (see Spark Connect).
+            num_workers (int): default 1, train on the driver. N > 1: N data-parallel JAX processes in
+                one Spark barrier stage on the executors (see [num_workers](../guide/num-workers.md)).
+            allow_non_finite (bool): default False: a NaN or infinite feature or label is a DataError
+                naming the column and row, before the first step. True keeps Keras's own behaviour.
+            custom_objects (dict[str, object] | None): custom layers, losses and metrics the `num_workers`
+                processes need beyond those registered with `keras.saving.register_keras_serializable`
+                (which travel by themselves).
+            image_resize (str | None): None (sizes must match), "resize" (bilinear) or "center_crop": how
+                image columns (binary JPEG/PNG, Spark's image struct) meet their input's (height, width).
+                See [Images](../guide/images.md).
+
+        Keyword Args:
+            sequence_length (int | None): default None. Pad (or cut) every variable-length
+                column (an input of shape `(None, ...)`) to this length; None pads each batch to its
+                longest row. See [Sequences](../guide/sequences.md).
+            padding (str): "post" (default) or "pre": where padding goes, as
+                `keras.utils.pad_sequences`.
+            truncating (str | None): default None: a row longer than `sequence_length` is a
+                DataError naming the column and row; "pre" or "post" cuts it there.
+            pad_value (float): default 0: the padding value (`mask_zero` and `Masking` read 0 as
+                padding).
+            bucket_by_length (bool | list[int]): default False. True (or a list of length
+                boundaries) batches rows of similar length, as tf.data's `bucket_by_sequence_length`,
+                every row still once an epoch.
+            shuffle (bool): default True: rows shuffled across the open partition ids and the id order
+                reshuffled each epoch, seeded by `keras.utils.set_random_seed`.
+            shuffle_seed (int | None): fixes the shuffle order without touching the global
+                `random` (KerasEstimator passes its `seed`).
+            sample_weight (str | None): with a DataFrame, the *name* of a column of row weights
+                (non-negative, finite), as Spark ML's `weightCol`.
+            class_weight (dict[int, float] | None): as with NumPy data; one output, not with `sample_weight`.
+            validation_data (pyspark.sql.DataFrame | None): a DataFrame with the same columns, evaluated
+                after every epoch (partition ids made too when it has none). `validation_split` is
+                refused: use `df.randomSplit`.
+
+        Returns:
+            keras.callbacks.History: Keras's History. `model.data_stats` (dict) then says where the
+                time went and what was trained: `spark_pass_s`, `train_s`, `consumer_wait_s`, `rows` (rows
+                in the steps Keras completed), `rows_prefetched`, `partitions`, `partition_ids_made`,
+                `cache_path`, and the padding figures of sequence columns. With `verbose` on, fit prints
+                it in one line.
+
+        Raises:
+            keras_spark.errors.BindingError: a column is missing or cannot feed its input (before Spark runs).
+            keras_spark.errors.DataError: a value cannot be fed (after the Spark pass, before the first step).
+            keras_spark.errors.TrainingError: a `num_workers` training process failed.
+            TypeError: a Spark-only keyword with data that is not a DataFrame, or a bad argument type.
+            ValueError: a bad argument value (`batch_size=0`, `num_workers=-1`, `validation_split`).
+
+        Example:
+            ```python
+            model.fit(df, batch_size=64, epochs=5)                      # partition ids made if absent
+            model.fit(df, epochs=5, sequence_length=128, truncating="post", bucket_by_length=True)
+            ```
         """
         spark_only = dict(partition_col=partition_col, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir,
                           num_workers=num_workers, allow_non_finite=allow_non_finite, custom_objects=custom_objects,
@@ -77,8 +160,32 @@ class KerasSparkModel(keras.Model):
                  allow_non_finite=_UNSET, image_resize=_UNSET, **kwargs):
         """keras.Model.evaluate; with a Spark DataFrame `x`, evaluates on its columns (on the driver).
 
-        Takes fit's `partition_col`, `cache_dir`, `allow_non_finite` and `image_resize`; with a
-        DataFrame, `sample_weight` is the name of a column of row weights.
+        One Spark pass writes the cache, then Keras's own `evaluate` reads it in row order. Every
+        other `keras.Model.evaluate` argument (`verbose`, `steps`, `return_dict`, ...) is Keras's own.
+
+        Args:
+            x (pyspark.sql.DataFrame): the rows to evaluate on.
+            y (None): must be None with a DataFrame.
+            batch_size (int | None): rows a step (default 32).
+            partition_col (str): as in `fit`; made (hashed row ids) when the DataFrame has no such column.
+            cache_dir (str | None): as in `fit`.
+            allow_non_finite (bool): as in `fit`.
+            image_resize (str | None): as in `fit`.
+
+        Keyword Args:
+            sequence_length (int | None): as in `fit`.
+            padding (str): as in `fit`.
+            truncating (str | None): as in `fit`.
+            pad_value (float): as in `fit`.
+            bucket_by_length (bool | list[int]): as in `fit`.
+            sample_weight (str | None): the name of a column of row weights.
+
+        Returns:
+            float | list[float] | dict[str, float]: what `keras.Model.evaluate` returns.
+
+        Raises:
+            keras_spark.errors.BindingError: as in `fit`.
+            keras_spark.errors.DataError: as in `fit`.
         """
         spark_only = dict(partition_col=partition_col, cache_dir=cache_dir, allow_non_finite=allow_non_finite,
                           image_resize=image_resize)
@@ -98,14 +205,37 @@ class KerasSparkModel(keras.Model):
         """keras.Model.predict; with a Spark DataFrame, a lazy DataFrame scored on the executors.
 
         The result keeps every column of `x`, row for row, and adds a struct column
-        `model_output` with one field per model output, e.g. `model_output.label1`.
-        Without `batch_size`, each Arrow batch is scored in pieces of about
-        `score.PREDICT_BATCH_BYTES` of input (at least 32 rows, at most 8,192): Keras's
-        default of 32 rows is several times slower for DataFrame scoring.
-        Custom objects registered with `keras.saving.register_keras_serializable` travel
-        with the model; pass others as `custom_objects={"Name": obj}`. Image columns are fitted
-        as fit's `image_resize` says (pass the same value). `output_col` (str, default
-        "model_output") names the struct column added, so a scored DataFrame can be scored again.
+        `model_output` (or `output_col`) with one field per model output, e.g. `model_output.label1`: a `()` or `(1,)`
+        output is a number, `(k,)` an array, `(k, m)` an array of arrays; a per-step output of a
+        sequence model is cut back to each row's own length. A streaming DataFrame
+        (`spark.readStream`) gives a streaming result (see [Streaming predict](../guide/streaming.md)).
+        The model travels to the executors once (its `.keras` bytes and custom objects) and each
+        Python worker opens it once.
+
+        Args:
+            x (pyspark.sql.DataFrame): the rows to score, batch or streaming.
+            batch_size (int | None): rows a call into the backend on the executors. Default: each Arrow
+                batch in pieces of about `keras_spark.spark.score.PREDICT_BATCH_BYTES` (4 MB) of input, at
+                least 32 rows and at most 8,192; Keras's default of 32 rows is several times slower here.
+            custom_objects (dict[str, object] | None): objects the model needs beyond those registered with
+                `keras.saving.register_keras_serializable` (which travel by themselves).
+            image_resize (str | None): as in `fit` (pass the same value).
+            output_col (str): the name of the struct column added (default "model_output"); another name
+                lets a scored DataFrame be scored again, or two models score one DataFrame.
+
+        Keyword Args:
+            sequence_length (int | None): as in `fit`.
+            padding (str): as in `fit`.
+            truncating (str | None): as in `fit`.
+            pad_value (float): as in `fit`.
+            bucket_by_length (bool | list[int]): accepted as in `fit` (scoring keeps row order).
+
+        Returns:
+            pyspark.sql.DataFrame: lazy; nothing runs until an action (`show`, `write`, `collect`).
+
+        Raises:
+            keras_spark.errors.BindingError: a column is missing or cannot feed its input (at once).
+            keras_spark.errors.ModelPackageError: a custom object cannot be pickled (at once, on the driver).
         """
         if not is_spark_dataframe(x):
             named = _UNSET if output_col == "model_output" else output_col
@@ -164,7 +294,15 @@ def _as_functional(model):
 
 def as_keras_spark_model(model) -> KerasSparkModel:
     """A functional keras.Model as a KerasSparkModel: the same layers and weights, the same
-    compile config and the same optimizer (its state included)."""
+    compile config and the same optimizer (its state included).
+
+    Args:
+        model (keras.Model): a functional model; a KerasSparkModel, a Sequential model or a
+            subclassed model is given back unchanged.
+
+    Returns:
+        KerasSparkModel | keras.Model: the wrapped model (or `model` itself, as above).
+    """
     if (isinstance(model, KerasSparkModel) or not isinstance(model, _functional_class())
             or isinstance(model, keras.Sequential)):
         return model
@@ -176,6 +314,15 @@ def as_keras_spark_model(model) -> KerasSparkModel:
 
 
 def load_model(path: str, custom_objects: dict | None = None, **kwargs) -> KerasSparkModel:
-    """keras.saving.load_model, giving back a KerasSparkModel (weights, compile config, optimizer state)."""
+    """keras.saving.load_model, giving back a KerasSparkModel (weights, compile config, optimizer state).
+
+    Args:
+        path (str): a `.keras` file, as `KerasSparkModel.save` or `keras.Model.save` writes it.
+        custom_objects (dict[str, object] | None): objects the file names that are not registered.
+        **kwargs (Any): `keras.saving.load_model`'s other arguments (`compile`, `safe_mode`).
+
+    Returns:
+        KerasSparkModel: the model, ready for `fit`, `evaluate` and `predict` on DataFrames.
+    """
     with keras.saving.custom_object_scope(custom_objects or {}):
         return as_keras_spark_model(keras.saving.load_model(path, **kwargs))

@@ -133,6 +133,9 @@ def train(job: WorkerJob) -> dict:
         # The workers of one executor share its cores: each takes the task's share (spark.task.cpus).
         limit_threads(job.threads)
     placement = training_record(job.gpu_addresses, job.rank)  # CUDA_VISIBLE_DEVICES came with the environment
+    from keras_spark.quiet import import_backend
+
+    import_backend()
     import keras
 
     from keras_spark.feed import BatchFeed, LockstepFeed, lockstep_weights

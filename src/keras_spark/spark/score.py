@@ -26,7 +26,9 @@ OUTPUT_COLUMN = "model_output"
 # (32-row batches scored 5.6x slower than 4,096-row ones on the same model), bounded so
 # wide rows (images) stay a few MB a call.
 PREDICT_BATCH_BYTES = 4 << 20
+"""int: bytes of input a scoring call takes when `predict` has no `batch_size` (4 MiB)."""
 PREDICT_BATCH_ROWS = (32, 8192)
+"""tuple[int, int]: the fewest and most rows a scoring call takes when `predict` has no `batch_size`."""
 _models_by_id: dict[str, object] = {}
 
 # Keras output dtype -> (Spark type, the NumPy dtype Spark's Arrow reader expects for it).
@@ -149,6 +151,9 @@ def _score_batches(batches, *, model_id, package, backend, bindings, output_type
 
     # This task's GPUs (or the CPU thread cap) before the backend's first import in this worker.
     placement = devices.use_task_devices(backend, gpu_amount)
+    from keras_spark.quiet import import_backend
+
+    import_backend()  # without the backend's C++ start-up lines on the executor's stderr (KERAS_SPARK_VERBOSE)
     import keras
 
     model = _load_model(model_id, package, backend)

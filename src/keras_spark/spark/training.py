@@ -22,6 +22,22 @@ from keras_spark.spark import is_spark_dataframe
 from keras_spark.spark.extract import extract
 from keras_spark.weights import bind_weight_column, check_weight_values, class_weight_table
 
+MADE_PARTITION_IDS = 8
+"""int: partition ids fit/evaluate make when the DataFrame has no `partition_col` column (as KerasEstimator)."""
+
+
+def with_partition_ids(df, partition_col: str, seed: int = 0):
+    """`df` with `partition_col` made from a hash of each row's id into MADE_PARTITION_IDS ids, when it has none.
+
+    Returns (DataFrame, whether the ids were made). A column that exists is used as it is.
+    """
+    if partition_col in df.columns:
+        return df, False
+    from pyspark.sql import functions as F
+
+    ids = F.pmod(F.xxhash64(F.monotonically_increasing_id(), F.lit(seed)), F.lit(MADE_PARTITION_IDS))
+    return df.withColumn(partition_col, ids.cast("int")), True
+
 
 def _bind(model, df, partition_col: str, with_labels: bool, sample_weight=None, sequence_options=None,
           image_resize=None):
@@ -105,6 +121,9 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     sequence_options = sequences.SequenceOptions.pop_from(keras_kwargs)
     _reject("validation_split", validation_split, "pass validation_data=<DataFrame> (e.g. from df.randomSplit)")
     batch_size = batch_size_or_default(batch_size)
+    df, ids_made = with_partition_ids(df, partition_col)
+    if is_spark_dataframe(validation_data):
+        validation_data, _ = with_partition_ids(validation_data, partition_col)
     if validation_batch_size is not None:
         validation_batch_size = batch_size_or_default(validation_batch_size, "validation_batch_size")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int):
@@ -125,13 +144,15 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
 
         _reject("steps_per_epoch", steps_per_epoch, "each epoch is one pass over every row")
         _reject("validation_steps", validation_steps, "validation is one pass over every validation row")
-        return fit_distributed(
+        history = fit_distributed(
             model, df, train_bindings, num_workers=num_workers, batch_size=batch_size, epochs=epochs,
             partition_col=partition_col, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir,
             shuffle=shuffle, validation_data=validation_data, validation_batch_size=validation_batch_size,
             initial_epoch=initial_epoch, allow_non_finite=allow_non_finite, class_weight=class_weight,
             custom_objects=custom_objects, **keras_kwargs,
         )
+        model.data_stats["partition_ids_made"] = ids_made
+        return history
     seed = random.getrandbits(63) if shuffle_seed is None else int(shuffle_seed)  # set_random_seed seeds `random`
 
     verbose = keras_kwargs.get("verbose", "auto")
@@ -162,7 +183,8 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
         served = feed.stats()  # read ahead of training: the prefetch queues run past the last step
         model.data_stats = dict(served, rows=trained.rows, rows_prefetched=served["rows"], steps=trained.steps,
                                 spark_pass_s=spark_pass_s, train_s=time.perf_counter() - started - spark_pass_s,
-                                cache_path=cached.path)
+                                cache_path=cached.path, partitions=len(cached.partition_ids),
+                                partition_ids_made=ids_made)
         model.data_stats.update(sequences.padding_stats(cached, feed.batch_size, served))
         if spark_validation:
             model.data_stats["validation_cache_path"] = val_cached.path
@@ -176,6 +198,7 @@ def evaluate_dataframe(model, df, *, y=None, batch_size=None, super_evaluate, pa
                        **keras_kwargs):
     """Model.evaluate on a DataFrame, in row order, on the driver; `sample_weight` names a weight column."""
     _reject("y", y, "labels are the columns named like the model's outputs")
+    df, _ = with_partition_ids(df, partition_col)
     bindings = _bind(model, df, partition_col, with_labels=True, sample_weight=sample_weight,
                      sequence_options=sequences.SequenceOptions.pop_from(keras_kwargs), image_resize=image_resize)
     with terminate_cleanly(), _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite) as cached:
