@@ -5,6 +5,7 @@ retries failed tasks. A thread kills one Spark Python worker (SIGKILL) while a j
 Spark reruns the task. Prints one `RESULT {json}` line per scenario.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -53,7 +54,10 @@ def _python_workers() -> list[int]:
 
 
 class Killer:
-    """Kills one Python worker once a job of `group` has run for `after_s` seconds."""
+    """Kills the Python workers once a job of `group` has run for `after_s` seconds.
+
+    All of them at one instant: a worker between two tasks (reused, idle) fails nothing, and which
+    one is busy cannot be told from outside; with more tasks than cores, some worker is busy."""
 
     def __init__(self, group: str, after_s: float):
         self.group, self.after_s, self.killed = group, after_s, []
@@ -68,8 +72,10 @@ class Killer:
         while not self.killed:
             workers = _python_workers()
             if workers and tracker.getActiveStageIds():
-                os.kill(workers[0], signal.SIGKILL)
-                self.killed.append(workers[0])
+                for pid in workers:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                self.killed.extend(workers)
             time.sleep(0.05)
 
     def failed_tasks(self) -> int:
