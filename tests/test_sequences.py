@@ -219,3 +219,32 @@ def test_sequence_tagging_labels_pad_like_their_inputs_and_predict_keeps_each_ro
     assert all(len(r.tags) == len(r.tokens) and len(r.tags[0]) == 2 for r in rows)
     parity = [int(np.argmax(step)) == t % 2 for r in rows for step, t in zip(r.tags, r.tokens, strict=True)]
     assert np.mean(parity) > 0.9
+
+
+# -- every row once an epoch, buckets or not ----------------------------------------------------
+class RowsSeen(keras.metrics.Sum):
+    """Counts the rows Keras was fed: a sum of ones, one a row, with no sample_weight."""
+
+    def __init__(self, name="rows_seen", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        super().update_state(keras.ops.ones_like(y_pred[:, 0]))
+
+
+def _lengths_frame(spark, rows):
+    """`rows` rows of lengths 1..50, three partition ids (issue 19's example)."""
+    data = [(i, i % 3, [1 + i % 19] * (1 + i % 50), float(i % 2)) for i in range(rows)]
+    return spark.createDataFrame(data, "id long, partition_id int, tokens array<int>, label float")
+
+
+@pytest.mark.parametrize("bucket_by_length", [False, True], ids=["unbucketed", "bucketed"])
+def test_fit_and_evaluate_feed_every_row_once_an_epoch(spark, bucket_by_length):
+    df = _lengths_frame(spark, 600)
+    model = _classifier()
+    model.compile("adam", "binary_crossentropy", metrics=[RowsSeen()])
+    history = model.fit(df, batch_size=32, epochs=2, verbose=0, bucket_by_length=bucket_by_length)
+    assert history.history["rows_seen"] == [600, 600]
+    assert model.data_stats["rows"] == 2 * 600
+    _, rows = model.evaluate(df, batch_size=32, verbose=0, bucket_by_length=bucket_by_length)
+    assert rows == 600

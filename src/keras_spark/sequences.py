@@ -205,6 +205,29 @@ def bucket_column(bindings) -> int | None:
     return None
 
 
+def row_groups(cached, pull_rows: int) -> list[int]:
+    """Rows of each group the core cuts into pulls of `pull_rows`: every row, or each bucket's rows.
+
+    A group's pull is cut when it fills; with buckets, each bucket's part-filled rest comes at the
+    epoch's end, in bucket order (src/cpp/pipeline.cc, BatchPlanner::next).
+    """
+    column = bucket_column(cached.bindings)
+    if column is None or not cached.rows:
+        return [cached.rows]
+    return bucket_counts(cached, column, boundaries_of(cached, column, pull_rows))
+
+
+def bucket_counts(cached, column: int, boundaries) -> list[int]:
+    """Rows of each bucket among the cached partitions' rows (a row is in bucket i when
+    boundaries[i - 1] <= length < boundaries[i], as the core's upper_bound)."""
+    offsets = [np.fromfile(files[column] + ".offsets", dtype=np.int64) for files in cached.chunk_files]
+    lengths = [np.diff(offsets[chunk][start:start + count + 1])
+               for segments in cached.partitions for chunk, start, count in segments]
+    buckets = np.searchsorted(np.asarray(boundaries, np.int64), np.concatenate([np.zeros(0, np.int64), *lengths]),
+                              side="right")
+    return np.bincount(buckets, minlength=len(boundaries) + 1).tolist()
+
+
 def row_lengths(cached, column: int) -> np.ndarray:
     """Each cached row's length in the column (steps), chunk after chunk."""
     from keras_spark import _core  # noqa: F401  (the cache is the core's)

@@ -151,7 +151,7 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
             stack.callback(val_feed.close)
             validation_data, validation_steps = keras_input(val_feed), validation_steps or val_feed.steps_per_epoch
         spark_pass_s = time.perf_counter() - started
-        trained = RowsTrained.for_batches(feed.rows, feed.batch_size)
+        trained = RowsTrained(feed.rows_at_step, feed.steps_per_epoch)
         keras_kwargs["callbacks"] = with_callback(keras_kwargs.get("callbacks"), trained, model)
         history = super_fit(
             keras_input(feed, endless=steps_per_epoch is not None), epochs=epochs,
