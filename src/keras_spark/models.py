@@ -123,11 +123,10 @@ class KerasSparkModel(keras.Model):
 
     # -- files ----------------------------------------------------------------------
     def save(self, filepath, *args, **kwargs):
-        """keras.Model.save, written as a plain functional model.
+        """keras.Model.save, written as a functional model registered as a KerasSparkModel.
 
-        The file loads with `keras.saving.load_model` where keras-spark is not installed
-        (a serving process, MLflow's workers) as a functional `keras.Model`, and with
-        `keras_spark.models.load_model` as a KerasSparkModel again.
+        `keras.saving.load_model` gives a KerasSparkModel again where keras_spark is imported, and a
+        functional `keras.Model` where keras-spark is not installed (a serving process, MLflow's workers).
         """
         if type(self) is not KerasSparkModel:  # a user's subclass: its own class is its config
             return super().save(filepath, *args, **kwargs)
@@ -148,10 +147,30 @@ def _functional_class() -> type:
     return type(keras.Model(probe, probe))
 
 
+@functools.cache
+def _saved_class() -> type:
+    """The class a KerasSparkModel is saved as: Keras's Functional by module and name, KerasSparkModel by
+    registered name.
+
+    Keras looks a class up by its registered name first and falls back to module and name
+    (`_retrieve_class_or_fn` in keras/src/saving/serialization_lib.py): a process that imported
+    keras_spark gets a KerasSparkModel, one without it Keras's functional model.
+    """
+    functional = _functional_class()
+    saved = type(functional.__name__, (functional,), {"__module__": functional.__module__,
+                                                       "__qualname__": functional.__qualname__})
+    registered = keras.saving.get_registered_name(KerasSparkModel)
+    package, name = registered.split(">", 1)
+    keras.saving.register_keras_serializable(package, name)(saved)
+    # Registering `saved` pointed the name at it: point the name back, loading gives KerasSparkModel.
+    keras.saving.register_keras_serializable(package, name)(KerasSparkModel)
+    return saved
+
+
 @contextlib.contextmanager
 def _as_functional(model):
-    # The saved config names the class; for the length of the save it is Keras's own.
-    object.__setattr__(model, "__class__", _functional_class())
+    # The saved config names the class; for the length of the save it is Keras's own, but registered as ours.
+    object.__setattr__(model, "__class__", _saved_class())
     try:
         yield
     finally:
