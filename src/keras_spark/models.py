@@ -101,8 +101,10 @@ class KerasSparkModel(keras.Model):
         Without `batch_size`, each Arrow batch is scored in pieces of about
         `score.PREDICT_BATCH_BYTES` of input (at least 32 rows, at most 8,192): Keras's
         default of 32 rows is several times slower for DataFrame scoring.
-        Custom objects registered with `keras.saving.register_keras_serializable` travel
-        with the model; pass others as `custom_objects={"Name": obj}`. Image columns are fitted
+        Custom objects registered with `keras.saving.register_keras_serializable` or in an
+        active `keras.saving.custom_object_scope` travel with the model; pass others as
+        `custom_objects={"Name": obj}` (dict). A class the executors could not find is a
+        ModelPackageError on the driver, before any Spark job. Image columns are fitted
         as fit's `image_resize` says (pass the same value).
         """
         if not is_spark_dataframe(x):
@@ -191,6 +193,12 @@ def as_keras_spark_model(model) -> KerasSparkModel:
 
 
 def load_model(path: str, custom_objects: dict | None = None, **kwargs) -> KerasSparkModel:
-    """keras.saving.load_model, giving back a KerasSparkModel (weights, compile config, optimizer state)."""
-    with keras.saving.custom_object_scope(custom_objects or {}):
+    """keras.saving.load_model, giving back a KerasSparkModel (weights, compile config, optimizer state).
+
+    `custom_objects` (dict, name -> class or function) are added to those of an active
+    `keras.saving.custom_object_scope`, not put in their place.
+    """
+    from keras_spark.model_package import custom_object_scope
+
+    with custom_object_scope(custom_objects):
         return as_keras_spark_model(keras.saving.load_model(path, **kwargs))

@@ -177,7 +177,7 @@ def _package(model, custom_objects: dict | None) -> tuple[str, bytes]:
 
     Saving twice gives different bytes (the archive records when it was saved), so the
     package is kept on the model under a fingerprint of what scoring depends on (config,
-    weights, the custom objects given): then a second predict sends nothing new to a
+    weights, the custom objects given or in scope): then a second predict sends nothing new to a
     Connect server and workers keep the loaded model.
     """
     import json
@@ -187,7 +187,9 @@ def _package(model, custom_objects: dict | None) -> tuple[str, bytes]:
     digest = hashlib.sha256(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
     for weight in model.get_weights():
         digest.update(np.ascontiguousarray(weight).tobytes())
-    for name, obj in sorted((custom_objects or {}).items()):
+    from keras_spark.model_package import scoped_custom_objects
+
+    for name, obj in sorted({**scoped_custom_objects(), **(custom_objects or {})}.items()):
         digest.update(f"{name}={id(obj)}".encode())
     fingerprint = digest.hexdigest()
     kept = getattr(model, "_keras_spark_package", None)
