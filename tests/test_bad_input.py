@@ -58,6 +58,14 @@ def test_string_column_for_a_float_input(frame):
     _fit_fails(_model(), df, BindingError, "'x'", "string", "expected a number")
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
+def test_string_label_column_is_told_to_cast_or_index_the_label(frame):
+    df = frame.withColumn("y", F.lit("1.5"))
+    message = _fit_fails(_model(), df, BindingError, "label column 'y'", "string", "cast('double')", "StringIndexer")
+    assert "TextVectorization" not in message and "dtype='string'" not in message  # advice for inputs
+
+
 def test_arrays_of_the_wrong_length(frame):
     df = frame.withColumn("x", F.slice("x", 1, 3))
     _fit_fails(_model(), df, DataError, "'x'", "4", "3")

@@ -151,6 +151,14 @@ def string_column_hint(leaf: T.DataType) -> str:
             "in the model do it)")
 
 
+def string_label_hint(leaf: T.DataType, column: str) -> str:
+    """What to do with a string column fed as a label (a model's output is numbers)."""
+    if not isinstance(leaf, T.StringType):
+        return ""
+    return (f" (a string label: if it holds numbers, cast it in Spark, F.col('{column}').cast('double'); if it holds "
+            f"class names, index them with pyspark.ml.feature.StringIndexer and train on the indices)")
+
+
 # -- the cache and the core --------------------------------------------------------------
 def core_spec(binding, field_index: int) -> tuple:
     """(name, field, dtype, shape, (strings, max_length)): the CacheWriter's spec of a ragged column."""
