@@ -134,6 +134,17 @@ def _dense_inputs(batch: pa.RecordBatch, bindings: list[ColumnBinding]) -> tuple
     return arrays, row_lengths
 
 
+def _checked_inputs(batch: pa.RecordBatch, bindings: list[ColumnBinding]):
+    """`_dense_inputs`, with a bad value raised as the DataError fit raises on the driver, in the same words."""
+    from keras_spark import _core
+    from keras_spark.errors import DataError
+
+    try:
+        return _dense_inputs(batch, bindings)
+    except _core.ColumnError as error:
+        raise DataError(str(error)) from None  # the core's own type means nothing to a user
+
+
 def default_batch_rows(row_bytes: int) -> int:
     """Rows per scoring call when predict is given no batch_size: about PREDICT_BATCH_BYTES of input."""
     low, high = PREDICT_BATCH_ROWS
@@ -156,7 +167,7 @@ def _score_batches(batches, *, model_id, package, backend, bindings, output_type
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        inputs, row_lengths = _dense_inputs(batch, bindings)
+        inputs, row_lengths = _checked_inputs(batch, bindings)
         step = batch_size or default_batch_rows(sum(a[:1].nbytes for a in inputs))
         chunks = []
         for start in range(0, batch.num_rows, step):
