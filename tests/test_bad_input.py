@@ -178,6 +178,22 @@ def test_nan_feature_names_the_column_and_row(frame):
     _fit_fails(_model(), df, DataError, "'x'", "NaN or infinite", "at row", "allow_non_finite=True")
 
 
+def test_a_bad_row_is_named_by_partition_id_and_its_position_among_that_ids_rows(frame):
+    df = frame.withColumn("x", F.when(F.col("id") == 33, F.array(*[F.lit(float("nan"))] * 4)).otherwise(F.col("x")))
+    ids_of_partition_1 = [r.id for r in df.where(F.col("partition_id") == 1).select("id").collect()]
+    position = ids_of_partition_1.index(33)  # the DataFrame's order, from 0
+    _fit_fails(_model(), df, DataError, f"at row {position} of partition id 1;", "in the DataFrame's order")
+
+
+def test_row_id_col_names_the_bad_row_by_its_value(frame):
+    df = frame.withColumn("y", F.when(F.col("id") == 21, F.lit(float("inf"))).otherwise(F.col("y")))
+    with pytest.raises(DataError, match=r"column 'y' has a NaN or infinite value \(inf\) at row \d+ of partition "
+                                        r"id 1 \(id=21\)"):
+        _model().evaluate(df, verbose=0, row_id_col="id")
+    with pytest.raises(BindingError, match="row_id_col='key' names no column"):
+        _model().fit(df, verbose=0, row_id_col="key")
+
+
 def test_infinite_label_is_an_error_too(frame):
     df = frame.withColumn("y", F.when(F.col("id") == 3, F.lit(float("inf"))).otherwise(F.col("y")))
     _fit_fails(_model(), df, DataError, "'y'", "NaN or infinite")

@@ -186,7 +186,7 @@ def test_rows_of_weight_zero_do_not_train(spark):
 
 @pytest.mark.parametrize("value, message", [
     ("-1.0", r"sample_weight column 'w' has the weight -1.0 at row \d+ of partition id 1"),
-    ("'NaN'", r"column 'w' has a NaN or infinite value \(nan\) at row \d+ of a batch, in partition id 1"),
+    ("'NaN'", r"column 'w' has a NaN or infinite value \(nan\) at row \d+ of partition id 1"),
 ])
 def test_negative_and_nan_weights_are_refused_naming_column_and_row(spark, value, message):
     df = numeric_frame(spark, 100, 2).withColumn(

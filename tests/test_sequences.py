@@ -192,8 +192,8 @@ def test_a_sequence_classifier_trains_evaluates_and_predicts(spark):
 
 def test_a_sequence_past_a_fixed_length_with_truncating_unset_is_a_data_error(spark):
     df = _token_frame(spark, rows=30, max_length=12)
-    with pytest.raises(DataError, match=r"column 'tokens' has a sequence of length \d+ at row \d+ of a batch, in "
-                                        r"partition id \d+, longer than the fixed sequence_length 4"):
+    with pytest.raises(DataError, match=r"column 'tokens' has a sequence of length \d+ at row \d+ of partition id "
+                                        r"\d+, longer than the fixed sequence_length 4"):
         _classifier().fit(df, batch_size=8, epochs=1, verbose=0, sequence_length=4)
 
 

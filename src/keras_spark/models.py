@@ -38,7 +38,7 @@ class KerasSparkModel(keras.Model):
     # -- training -------------------------------------------------------------------
     def fit(self, x=None, y=None, batch_size=None, epochs=1, *args, partition_col=_UNSET,
             num_parallel_calls=_UNSET, cache_dir=_UNSET, num_workers=_UNSET, allow_non_finite=_UNSET,
-            custom_objects=_UNSET, image_resize=_UNSET, **kwargs):
+            custom_objects=_UNSET, image_resize=_UNSET, row_id_col=_UNSET, **kwargs):
         """keras.Model.fit; with a Spark DataFrame `x`, trains on its columns.
 
         Spark-only keywords: `partition_col` (default "partition_id": integer ids 0..n,
@@ -54,11 +54,14 @@ class KerasSparkModel(keras.Model):
         travel by themselves). With a DataFrame, `sample_weight` is the name of a column of
         row weights, and `class_weight` works as with NumPy data. `image_resize` (None, "resize" or
         "center_crop") fits image columns (binary JPEG/PNG, Spark's image struct) to their
-        input's (height, width); see keras_spark.images.
+        input's (height, width); see keras_spark.images. `row_id_col` (str or None, default None: a
+        binaryFile frame's `path`, else none) names a column whose value identifies a row: a bad value is
+        a DataError naming its row by partition id, position among that id's rows in the DataFrame's
+        order (from 0), and this column's value (with num_workers > 1, by its place in a batch).
         """
         spark_only = dict(partition_col=partition_col, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir,
                           num_workers=num_workers, allow_non_finite=allow_non_finite, custom_objects=custom_objects,
-                          image_resize=image_resize)
+                          image_resize=image_resize, row_id_col=row_id_col)
         if not is_spark_dataframe(x):
             _reject_spark_keywords(spark_only, "fit")
             if is_spark_dataframe(kwargs.get("validation_data")):
@@ -74,14 +77,14 @@ class KerasSparkModel(keras.Model):
         )
 
     def evaluate(self, x=None, y=None, batch_size=None, *args, partition_col=_UNSET, cache_dir=_UNSET,
-                 allow_non_finite=_UNSET, image_resize=_UNSET, **kwargs):
+                 allow_non_finite=_UNSET, image_resize=_UNSET, row_id_col=_UNSET, **kwargs):
         """keras.Model.evaluate; with a Spark DataFrame `x`, evaluates on its columns (on the driver).
 
-        Takes fit's `partition_col`, `cache_dir`, `allow_non_finite` and `image_resize`; with a
-        DataFrame, `sample_weight` is the name of a column of row weights.
+        Takes fit's `partition_col`, `cache_dir`, `allow_non_finite`, `image_resize` and `row_id_col`
+        (str or None); with a DataFrame, `sample_weight` is the name of a column of row weights.
         """
         spark_only = dict(partition_col=partition_col, cache_dir=cache_dir, allow_non_finite=allow_non_finite,
-                          image_resize=image_resize)
+                          image_resize=image_resize, row_id_col=row_id_col)
         if not is_spark_dataframe(x):
             _reject_spark_keywords(spark_only, "evaluate")
             return super().evaluate(x, y, batch_size, *args, **kwargs)
