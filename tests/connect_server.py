@@ -2,9 +2,12 @@
 
 Where the machine allows it (root and `unshare`), the server runs in its own mount
 namespace with a private tmpfs on /tmp: its executors cannot see the client's /tmp,
-as on a remote cluster. Elsewhere it runs as a plain local process (`isolated` False).
-Its Python workers import keras_spark from wherever this process imports it (the
-checkout under test, or the installed package in CI).
+as on a remote cluster. What a cluster node would have installed stays visible even
+when it lives under /tmp (a venv or a checkout made there): the Python prefix, its
+site-packages, PySpark, Java, keras_spark and PYTHONPATH are bound back in (`mount_plan`).
+Elsewhere it runs as a plain local process (`isolated` False). Its Python workers import
+keras_spark from wherever this process imports it (the checkout under test, or the
+installed package in CI).
 """
 
 from __future__ import annotations
@@ -57,6 +60,38 @@ def can_isolate() -> str | None:
     return None
 
 
+def installed_paths() -> list[str]:
+    """What a cluster node has installed, as this process sees it: Python and its packages, PySpark,
+    Java and keras_spark (never the client's scratch, which is what isolation hides)."""
+    import site
+
+    import pyspark
+
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+             *site.getsitepackages(), os.path.dirname(pyspark.__file__), _package_path(),
+             os.environ.get("JAVA_HOME"), os.environ.get("SPARK_HOME"),
+             *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return [p for p in paths if p]
+
+
+def mount_plan(keep: list[str], hold: str, tmp: str = "/tmp") -> list[str]:
+    """Shell commands, run in the server's mount namespace, that put a private tmpfs on `tmp` and bind
+    the `keep` paths under it back in (seen through `hold`, a bind of the old `tmp` outside it)."""
+    tmp = os.path.realpath(tmp)
+    inside = sorted({os.path.realpath(p) for p in keep if os.path.realpath(p).startswith(tmp + os.sep)})
+    inside = [p for p in inside if not any(p.startswith(q + os.sep) for q in inside)]  # a parent binds its children
+    if not inside:
+        return [f"mount -t tmpfs tmpfs {_quote(tmp)}"]
+    plan = [f"mount --bind {_quote(tmp)} {_quote(hold)}", f"mount -t tmpfs tmpfs {_quote(tmp)}"]
+    for path in inside:
+        plan += [f"mkdir -p {_quote(path)}", f"mount --bind {_quote(hold + path[len(tmp):])} {_quote(path)}"]
+    return plan + [f"umount -l {_quote(hold)}"]  # the rest of the old /tmp is out of reach again
+
+
+def _quote(arg: str) -> str:
+    return "'" + arg.replace("'", "'\\''") + "'"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,9 +127,11 @@ def start_connect_server(*, master: str = "local[2]", conf: dict[str, str] | Non
     env.pop("SPARK_REMOTE", None)
     isolated = isolate and can_isolate() is None
     if isolated:
-        quoted = " ".join("'" + a.replace("'", "'\\''") + "'" for a in args)
+        hold = os.path.join(scratch, "host_tmp")
+        os.mkdir(hold)
+        plan = " && ".join(mount_plan(installed_paths(), hold))
         command = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                   f"mount -t tmpfs tmpfs /tmp && exec {quoted}"]
+                   f"{plan} && exec {' '.join(_quote(a) for a in args)}"]
     else:
         command = args
     log_path = os.path.join(scratch, "server.log")

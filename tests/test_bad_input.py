@@ -69,6 +69,14 @@ def test_string_column_for_a_float_input(frame):
 
 
 @pytest.mark.backend_independent
+@pytest.mark.session_independent
+def test_string_label_column_is_told_to_cast_or_index_the_label(frame):
+    df = frame.withColumn("y", F.lit("1.5"))
+    message = _fit_fails(_model(), df, BindingError, "label column 'y'", "string", "cast('double')", "StringIndexer")
+    assert "TextVectorization" not in message and "dtype='string'" not in message  # advice for inputs
+
+
+@pytest.mark.backend_independent
 def test_arrays_of_the_wrong_length(frame):
     df = frame.withColumn("x", F.slice("x", 1, 3))
     _fit_fails(_model(), df, DataError, "'x'", "4", "3")
@@ -206,6 +214,24 @@ def test_predict_batch_size_zero_is_refused(frame):
 def test_nan_feature_names_the_column_and_row(frame):
     df = frame.withColumn("x", F.when(F.col("id") == 13, F.array(*[F.lit(float("nan"))] * 4)).otherwise(F.col("x")))
     _fit_fails(_model(), df, DataError, "'x'", "NaN or infinite", "at row", "allow_non_finite=True")
+
+
+@pytest.mark.backend_independent
+def test_a_bad_row_is_named_by_partition_id_and_its_position_among_that_ids_rows(frame):
+    df = frame.withColumn("x", F.when(F.col("id") == 33, F.array(*[F.lit(float("nan"))] * 4)).otherwise(F.col("x")))
+    ids_of_partition_1 = [r.id for r in df.where(F.col("partition_id") == 1).select("id").collect()]
+    position = ids_of_partition_1.index(33)  # the DataFrame's order, from 0
+    _fit_fails(_model(), df, DataError, f"at row {position} of partition id 1;", "in the DataFrame's order")
+
+
+@pytest.mark.backend_independent
+def test_row_id_col_names_the_bad_row_by_its_value(frame):
+    df = frame.withColumn("y", F.when(F.col("id") == 21, F.lit(float("inf"))).otherwise(F.col("y")))
+    with pytest.raises(DataError, match=r"column 'y' has a NaN or infinite value \(inf\) at row \d+ of partition "
+                                        r"id 1 \(id=21\)"):
+        _model().evaluate(df, verbose=0, row_id_col="id")
+    with pytest.raises(BindingError, match="row_id_col='key' names no column"):
+        _model().fit(df, verbose=0, row_id_col="key")
 
 
 @pytest.mark.backend_independent

@@ -6,6 +6,8 @@ does not exist for its executors, as on a remote cluster.
 """
 
 import os
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -70,6 +72,40 @@ def test_a_cache_dir_both_sides_see_is_written_by_the_executors(spark):
 @pytest.mark.backend_independent
 def test_task_slots_agree_with_the_master(spark):
     assert session.task_slots(spark) == 2  # local[2], classic and Connect
+
+
+@pytest.mark.backend_independent
+def test_the_servers_private_tmp_binds_back_what_a_cluster_node_has_installed():
+    from connect_server import mount_plan
+
+    plan = mount_plan(["/tmp/venv", "/tmp/venv/lib/python3.11/site-packages", "/usr/lib/jvm", "/tmp/clone/src"],
+                      hold="/home/u/hold")
+    assert plan == ["mount --bind '/tmp' '/home/u/hold'", "mount -t tmpfs tmpfs '/tmp'",
+                    "mkdir -p '/tmp/clone/src'", "mount --bind '/home/u/hold/clone/src' '/tmp/clone/src'",
+                    "mkdir -p '/tmp/venv'", "mount --bind '/home/u/hold/venv' '/tmp/venv'", "umount -l '/home/u/hold'"]
+    assert mount_plan(["/usr/lib/jvm", "/opt/venv"], hold="/home/u/hold") == ["mount -t tmpfs tmpfs '/tmp'"]
+
+
+@pytest.mark.backend_independent
+def test_the_servers_private_tmp_shows_installed_paths_and_hides_the_clients_scratch():
+    from connect_server import can_isolate, mount_plan
+
+    if can_isolate() is not None:
+        pytest.skip(f"this machine cannot make a private /tmp: {can_isolate()}")
+    installed, scratch = tempfile.mkdtemp(dir="/tmp"), tempfile.mkdtemp(dir="/tmp")
+    hold = tempfile.mkdtemp(dir=os.path.expanduser("~"))
+    try:
+        Path(installed, "module.py").write_text("")
+        Path(scratch, "cache.bin").write_text("")
+        check = " && ".join([*mount_plan([installed], hold), f"test -f {installed}/module.py",
+                             f"! test -e {scratch}/cache.bin"])
+        done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", check],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    finally:
+        for path in (installed, scratch):
+            shutil.rmtree(path)
+        os.rmdir(hold)
 
 
 @pytest.mark.backend_independent

@@ -123,9 +123,20 @@ def test_corrupt_image_is_a_data_error_naming_the_column_and_row(spark):
     rng = np.random.default_rng(6)
     blobs = [encode(pattern_image(i % 2, rng), "PNG") for i in range(6)]
     blobs[4] = blobs[4][:50]
-    where = r"column 'content' has an image at row 4 of a batch, in partition id 4 that cannot be decoded"
+    where = r"column 'content' has an image at row 0 of partition id 4 that cannot be decoded"
     with pytest.raises(DataError, match=where):
         image_model().fit(in_memory_images(spark, blobs, [0, 1] * 3), batch_size=2, epochs=1, verbose=0)
+
+
+def test_a_corrupt_file_of_a_binary_file_frame_is_named_by_its_path(spark, image_folder):
+    corrupt = image_folder / "label1_corrupt.png"
+    corrupt.write_bytes(encode(pattern_image(1, np.random.default_rng(9)), "PNG")[:50])
+    try:
+        with pytest.raises(DataError, match=rf"column 'content' has an image at row \d+ of partition id \d+ "
+                                            rf"\(path='file:{corrupt}'\) that cannot be decoded"):
+            image_model().fit(binary_files(spark, image_folder), batch_size=8, epochs=1, verbose=0)
+    finally:
+        corrupt.unlink()
 
 
 def test_size_mismatch_without_image_resize_is_a_data_error(spark):

@@ -20,7 +20,8 @@ def test_autolog_records_one_run_per_epoch_metrics_and_a_model_that_serves_the_s
     # autolog sees the fit keras-spark hands Keras: a tf.data.Dataset (TensorFlow), whose batch size it does
     # not read, or a generator (JAX, PyTorch), whose batch size it reads off the first batch
     assert result["params"]["batch_size"] == ("None" if keras.backend.backend() == "tensorflow" else "32")
-    assert result["loaded_class"] == "Functional"  # mlflow.keras.load_model, no keras-spark needed
+    # mlflow.keras.load_model where keras_spark is imported; without it, a functional model (test_custom_objects)
+    assert result["loaded_class"] == "KerasSparkModel"
     # mlflow.pyfunc.spark_udf == model.predict(df), up to float32 rounding: the two score in batches of
     # different sizes, and a backend's kernels may sum in another order for another batch size
     assert result["max_served_diff"] < 1e-5

@@ -3,7 +3,8 @@
 import keras
 import numpy as np
 import pytest
-from builders import numeric_frame, to_numpy
+from builders import numeric_frame, regression_model, to_numpy
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from keras_spark.models import KerasSparkModel
@@ -88,3 +89,15 @@ def test_several_inputs_and_outputs_are_matched_by_name(spark):
     e2, e1 = model.predict([bs, xs], verbose=0)
     np.testing.assert_allclose(p1, e1.reshape(-1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(p2, e2.reshape(-1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.backend_independent
+def test_a_bad_value_in_predict_surfaces_as_a_data_error_naming_the_column(spark):
+    model = regression_model()
+    df = numeric_frame(spark, 30, 2).withColumn("x", F.when(F.col("id") == 7, F.lit(None)).otherwise(F.col("x")))
+    scored = model.predict(df)  # lazy: the bad row is found when an action reads it, on an executor
+    with pytest.raises(Exception) as caught:
+        scored.collect()
+    message = str(caught.value)
+    assert "DataError: column 'x' has a null" in message, message
+    assert "ColumnError" not in message, message

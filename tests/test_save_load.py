@@ -31,3 +31,14 @@ def test_numpy_data_behaves_as_keras_model():
     assert set(history.history) == {"loss", "val_loss"}
     assert model.predict(data, verbose=0).shape == (64, 1)
     assert np.isfinite(model.evaluate(data, data.sum(1), verbose=0))
+
+
+def test_keras_load_model_gives_a_keras_spark_model_where_keras_spark_is_imported(spark, tmp_path):
+    df = numeric_frame(spark, 100, 2)
+    model = regression_model()
+    model.fit(df, batch_size=50, epochs=1, verbose=0)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert type(loaded) is KerasSparkModel
+    assert loaded.get_compile_config() == model.get_compile_config()
+    assert loaded.predict(df).count() == 100  # the user never has to know about keras_spark.models.load_model

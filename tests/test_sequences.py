@@ -201,8 +201,8 @@ def test_a_sequence_classifier_trains_evaluates_and_predicts(spark):
 
 def test_a_sequence_past_a_fixed_length_with_truncating_unset_is_a_data_error(spark):
     df = _token_frame(spark, rows=30, max_length=12)
-    with pytest.raises(DataError, match=r"column 'tokens' has a sequence of length \d+ at row \d+ of a batch, in "
-                                        r"partition id \d+, longer than the fixed sequence_length 4"):
+    with pytest.raises(DataError, match=r"column 'tokens' has a sequence of length \d+ at row \d+ of partition id "
+                                        r"\d+, longer than the fixed sequence_length 4"):
         _classifier().fit(df, batch_size=8, epochs=1, verbose=0, sequence_length=4)
 
 
@@ -228,3 +228,32 @@ def test_sequence_tagging_labels_pad_like_their_inputs_and_predict_keeps_each_ro
     assert all(len(r.tags) == len(r.tokens) and len(r.tags[0]) == 2 for r in rows)
     parity = [int(np.argmax(step)) == t % 2 for r in rows for step, t in zip(r.tags, r.tokens, strict=True)]
     assert np.mean(parity) > 0.9
+
+
+# -- every row once an epoch, buckets or not ----------------------------------------------------
+class RowsSeen(keras.metrics.Sum):
+    """Counts the rows Keras was fed: a sum of ones, one a row, with no sample_weight."""
+
+    def __init__(self, name="rows_seen", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        super().update_state(keras.ops.ones_like(y_pred[:, 0]))
+
+
+def _lengths_frame(spark, rows):
+    """`rows` rows of lengths 1..50, three partition ids (issue 19's example)."""
+    data = [(i, i % 3, [1 + i % 19] * (1 + i % 50), float(i % 2)) for i in range(rows)]
+    return spark.createDataFrame(data, "id long, partition_id int, tokens array<int>, label float")
+
+
+@pytest.mark.parametrize("bucket_by_length", [False, True], ids=["unbucketed", "bucketed"])
+def test_fit_and_evaluate_feed_every_row_once_an_epoch(spark, bucket_by_length):
+    df = _lengths_frame(spark, 600)
+    model = _classifier()
+    model.compile("adam", "binary_crossentropy", metrics=[RowsSeen()])
+    history = model.fit(df, batch_size=32, epochs=2, verbose=0, bucket_by_length=bucket_by_length)
+    assert history.history["rows_seen"] == [600, 600]
+    assert model.data_stats["rows"] == 2 * 600
+    _, rows = model.evaluate(df, batch_size=32, verbose=0, bucket_by_length=bucket_by_length)
+    assert rows == 600

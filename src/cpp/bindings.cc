@@ -213,8 +213,16 @@ class PyCacheWriter {
     const ArrowSchema& schema = from_capsule<ArrowSchema>(schema_capsule, "arrow_schema");
     const ArrowArray& array = from_capsule<ArrowArray>(array_capsule, "arrow_array");
     nb::gil_scoped_release release;
-    writer_.write(schema, array);
+    failed_row_ = -1;
+    try {
+      writer_.write(schema, array);
+    } catch (const ColumnError& e) {
+      failed_row_ = e.row;  // the caller names the row (its partition id, position, identifying column)
+      throw;
+    }
   }
+
+  int64_t failed_row() const { return failed_row_; }
 
   nb::dict finish() {
     CacheSummary s;
@@ -251,6 +259,7 @@ class PyCacheWriter {
     return out;
   }
   CacheWriter writer_;
+  int64_t failed_row_ = -1;
 };
 
 class PyPipeline {
@@ -369,7 +378,9 @@ NB_MODULE(_core, m) {
            "Writes the (name, field index, dtype, shape[, kind]) columns of record batches to cache files;\n"
            "kind 'sparse' keeps a Spark ML vector column as its non-zeros.")
       .def("write", &PyCacheWriter::write, nb::arg("schema_capsule"), nb::arg("array_capsule"))
-      .def("finish", &PyCacheWriter::finish);
+      .def("finish", &PyCacheWriter::finish)
+      .def_prop_ro("failed_row", &PyCacheWriter::failed_row,
+                   "The row, in the batch last written, that its ColumnError names (-1: none or no row).");
 
   nb::class_<PyPipeline>(m, "Pipeline")
       .def(nb::init<const std::vector<std::vector<std::string>>&, const std::vector<nb::tuple>&,

@@ -64,8 +64,8 @@ def describe_type(data_type: T.DataType) -> str:
     return data_type.simpleString()
 
 
-def column_depth(data_type: T.DataType, column: str) -> tuple[int, T.DataType]:
-    """Nesting depth and leaf type of a column that can feed a tensor.
+def column_depth(data_type: T.DataType, column: str, role: str = "input") -> tuple[int, T.DataType]:
+    """Nesting depth and leaf type of a column that can feed a tensor (`role` "input" or "label").
 
     Raises BindingError for columns that hold no numbers (strings, maps, ...).
     """
@@ -76,12 +76,13 @@ def column_depth(data_type: T.DataType, column: str) -> tuple[int, T.DataType]:
         depth, leaf = depth + 1, leaf.elementType
     if isinstance(leaf, _NUMERIC_TYPES):
         return depth, leaf
-    from keras_spark.sequences import string_column_hint
+    from keras_spark.sequences import string_column_hint, string_label_hint
 
-    hint = " (cast it to double first)" if isinstance(leaf, T.DecimalType) else string_column_hint(leaf)
+    strings = string_label_hint(leaf, column) if role == "label" else string_column_hint(leaf)
+    hint = " (cast it to double first)" if isinstance(leaf, T.DecimalType) else strings
     raise BindingError(
-        f"column '{column}' has type {describe_type(data_type)}; expected a number, "
-        f"an array of numbers (any depth) or a Spark ML vector{hint}"
+        f"{'label ' if role == 'label' else ''}column '{column}' has type {describe_type(data_type)}; expected a "
+        f"number, an array of numbers (any depth) or a Spark ML vector{hint}"
     )
 
 
@@ -166,7 +167,7 @@ def bind_labels(model, schema: T.StructType, floatx: str = "float32") -> list[Co
     bindings = []
     for name, output in zip(model.output_names, model.outputs, strict=True):
         field = _column_or_error(schema, name, f"Keras output '{name}' (its label)")
-        depth, leaf = column_depth(field.dataType, name)
+        depth, leaf = column_depth(field.dataType, name, "label")
         ragged = sequences.bind_label(output, field, label_dtype(leaf, floatx))
         if ragged is not None:
             bindings.append(ragged)

@@ -25,7 +25,8 @@ class TrainingError(RuntimeError):
 
 
 class ModelPackageError(ValueError):
-    """The model cannot be packed for the executors: a custom object that cannot be pickled.
+    """The model cannot be packed for the executors: a custom object that cannot be pickled, or a
+    class of the model that Keras could not find by name there (not registered, not in `custom_objects`).
 
-    Raised on the driver before any Spark job, naming the object.
+    Raised on the driver before any Spark job, naming the object or class.
     """

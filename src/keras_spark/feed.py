@@ -2,7 +2,7 @@
 
 Keras reads its input once and never restarts it (it peeks two batches of a
 generator for shapes and chains them back), so a feed is endless and `fit` is
-given `steps_per_epoch` from the known row count: each epoch is exactly one pass.
+given `steps_per_epoch` from the core's plan (buckets included): each epoch is exactly one pass.
 
 One way in (`BatchFeed`), one small adapter per backend (`keras_input`):
 - TensorFlow: a `tf.data.Dataset` that pulls `batches_per_pull` batches from the core
@@ -90,8 +90,7 @@ class BatchFeed:
         # No rows (a data-parallel worker given no validation ids): nothing to read, only pads.
         self._pipeline = None
         self.rows = cached.rows
-        self.steps_per_epoch = math.ceil(cached.rows / self.batch_size)
-        self.pulls_per_epoch = math.ceil(cached.rows / (self.batch_size * self.batches_per_pull))
+        self._plan(sequences.row_groups(cached, self.batch_size * self.batches_per_pull))
         self.columns = cached.column_specs()
         self._tensors = sparse.batch_converter(self.columns)
         names = [b.keras_name for b in cached.bindings]
@@ -106,6 +105,25 @@ class BatchFeed:
         self._class_weights = class_weight_table(class_weight) if class_weight else None
         self.weighted = self._weight_index is not None or self._class_weights is not None
         self.device_wait = DeviceWait()  # filled by device_prefetch when batches are staged on an accelerator
+
+    def _plan(self, groups: list[int]) -> None:
+        """Steps and pulls of one pass: each group (all rows, or a bucket's) is cut into pulls of its own.
+
+        Full pulls come first; each group's part-filled pull comes at the pass's end, in group order.
+        """
+        size, pull = self.batch_size, self.batch_size * self.batches_per_pull
+        self.steps_per_epoch = sum(math.ceil(rows / size) for rows in groups)
+        self.pulls_per_epoch = sum(math.ceil(rows / pull) for rows in groups)
+        self._full_steps = sum(rows // pull for rows in groups) * self.batches_per_pull
+        self._tail = [min(size, rest - start) for rest in (rows % pull for rows in groups)
+                      for start in range(0, rest, size)]
+
+    def rows_at_step(self, step: int) -> int:
+        """Rows in step `step` (0-based) of a pass (0 past its end)."""
+        if step < self._full_steps:
+            return self.batch_size
+        rest = step - self._full_steps
+        return self._tail[rest] if rest < len(self._tail) else 0
 
     # -- readers ---------------------------------------------------------------------
     def _open(self, first_epoch: int) -> NativeHandle:

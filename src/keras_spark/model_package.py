@@ -9,8 +9,8 @@ pickled with cloudpickle as Spark pickles UDFs: by reference when they live in a
 installed package the executors can import, by value when they live in `__main__`
 or in a file outside any installed package (a script, a notebook helper, a test
 module). It is plain bytes, so how it travels (a broadcast, an artifact, a closure)
-is the caller's choice. `open_model` loads inside a `custom_object_scope`, with
-Keras's `safe_mode` left on.
+is the caller's choice. `open_model` loads inside a `custom_object_scope` added to any
+active one, with Keras's `safe_mode` left on.
 """
 
 from __future__ import annotations
@@ -50,9 +50,76 @@ def custom_objects_for(model_bytes: bytes, explicit: dict | None = None) -> dict
 
     with zipfile.ZipFile(io.BytesIO(model_bytes)) as archive:
         config = archive.read("config.json").decode("utf-8")
-    named = {key: obj for key, obj in keras.saving.get_custom_objects().items()
-             if f'"{key}"' in config and not _is_keras_spark(obj)}
+    known = {**keras.saving.get_custom_objects(), **scoped_custom_objects()}
+    named = {key: obj for key, obj in known.items() if f'"{key}"' in config and not _is_keras_spark(obj)}
     return {**named, **dict(explicit or {})}
+
+
+def scoped_custom_objects() -> dict:
+    """The objects of the active `keras.saving.custom_object_scope` (this thread's; {} outside one).
+
+    Keras keeps them in its per-thread global state and has no public getter for them.
+    """
+    from keras.src.backend.common import global_state
+
+    return dict(global_state.get_global_attribute("custom_objects_scope_dict", {}) or {})
+
+
+@contextlib.contextmanager
+def custom_object_scope(objects: dict | None):
+    """`keras.saving.custom_object_scope` with `objects` added to the active scope's, not in place of
+    them (Keras's own scope replaces the one around it); `objects` win where both name a key."""
+    import keras
+
+    with keras.saving.custom_object_scope({**scoped_custom_objects(), **dict(objects or {})}):
+        yield
+
+
+def check_classes_resolve(model_bytes: bytes, objects: dict) -> None:
+    """ModelPackageError naming each class of the model that a process given only `objects` (and Keras's
+    registry) could not find, as an executor could not: the driver says so before any Spark job."""
+    import io
+    import json
+    import zipfile
+
+    import keras
+
+    with zipfile.ZipFile(io.BytesIO(model_bytes)) as archive:
+        config = json.loads(archive.read("config.json"))
+    config.pop("compile_config", None)  # scoring loads without it; a fit's compile is the user's to check
+    with keras.saving.custom_object_scope(objects):  # the executor's scope: the user's is not there
+        missing = sorted(set(_unresolved(config, objects)))
+    if missing:
+        names = ", ".join(f"'{name}' ({module}.{name})" for name, module in missing)
+        example = ", ".join(f"'{name}': {name}" for name, _ in missing)
+        raise ModelPackageError(
+            f"the model uses class{'es' if len(missing) > 1 else ''} {names}, which Keras cannot find by name, so "
+            f"the Spark executors could not load the model; pass custom_objects={{{example}}} (to predict, fit or "
+            f"the stage), or decorate the class with @keras.saving.register_keras_serializable()"
+        )
+
+
+def _unresolved(node, objects: dict):
+    """(class name, module) of every class or function config in `node` that Keras cannot look up."""
+    from keras.src.saving.serialization_lib import _retrieve_class_or_fn  # how load_model looks classes up
+
+    if isinstance(node, list):
+        for item in node:
+            yield from _unresolved(item, objects)
+        return
+    if not isinstance(node, dict):
+        return
+    name, inner = node.get("class_name"), node.get("config")
+    if isinstance(name, str) and "module" in node and not name.startswith("__"):
+        function = name == "function"
+        if not function or isinstance(inner, str):
+            try:
+                _retrieve_class_or_fn(inner if function else name, node.get("registered_name", name),
+                                      node["module"], "function" if function else "class", node, objects)
+            except (TypeError, ValueError):
+                yield (inner if function else name), node["module"]
+    for value in node.values():
+        yield from _unresolved(value, objects)
 
 
 def _is_keras_spark(obj) -> bool:
@@ -116,6 +183,7 @@ def pack_model(model, custom_objects: dict | None = None) -> bytes:
 
     model_bytes = model_to_bytes(model)
     objects = custom_objects_for(model_bytes, custom_objects)
+    check_classes_resolve(model_bytes, objects)
     return pickle.dumps({
         "format": _FORMAT,
         "backend": keras.backend.backend(),
@@ -161,10 +229,10 @@ def model_from_bytes(model_bytes: bytes, custom_objects: dict | None = None, **l
     import keras
 
     # No import of keras_spark.models here (that would be an import circle): packages hold
-    # plain functional models (KerasSparkModel.save), which plain Keras loads.
+    # functional models (KerasSparkModel.save), which plain Keras loads.
     with scratch.scratch_dir("model_", guard=False) as tmp:  # owned: swept if this process dies
         path = os.path.join(tmp, "model.keras")
         with open(path, "wb") as f:
             f.write(model_bytes)
-        with keras.saving.custom_object_scope(custom_objects or {}):
+        with custom_object_scope(custom_objects):
             return keras.models.load_model(path, **load_kwargs)

@@ -57,7 +57,7 @@ class KerasSparkModel(keras.Model):
     # -- training -------------------------------------------------------------------
     def fit(self, x=None, y=None, batch_size=None, epochs=1, *args, partition_col=_UNSET,
             num_parallel_calls=_UNSET, cache_dir=_UNSET, num_workers=_UNSET, allow_non_finite=_UNSET,
-            custom_objects=_UNSET, image_resize=_UNSET, **kwargs):
+            custom_objects=_UNSET, image_resize=_UNSET, row_id_col=_UNSET, **kwargs):
         """keras.Model.fit; with a Spark DataFrame `x`, trains on its columns.
 
         Given anything but a Spark DataFrame, this is `keras.Model.fit` exactly (and the
@@ -94,6 +94,10 @@ class KerasSparkModel(keras.Model):
             image_resize (str | None): None (sizes must match), "resize" (bilinear) or "center_crop": how
                 image columns (binary JPEG/PNG, Spark's image struct) meet their input's (height, width).
                 See [Images](../guide/images.md).
+            row_id_col (str | None): default None (a binaryFile frame's `path`, else none): a column whose
+                value identifies a row. A bad value is a DataError naming its row by partition id, its
+                position among that id's rows in the DataFrame's order (from 0), and this column's value
+                (with `num_workers` > 1, by its place in a batch).
 
         Keyword Args:
             sequence_length (int | None): default None. Pad (or cut) every variable-length
@@ -141,7 +145,7 @@ class KerasSparkModel(keras.Model):
         """
         spark_only = dict(partition_col=partition_col, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir,
                           num_workers=num_workers, allow_non_finite=allow_non_finite, custom_objects=custom_objects,
-                          image_resize=image_resize)
+                          image_resize=image_resize, row_id_col=row_id_col)
         if not is_spark_dataframe(x):
             _reject_spark_keywords(spark_only, "fit")
             if is_spark_dataframe(kwargs.get("validation_data")):
@@ -157,7 +161,7 @@ class KerasSparkModel(keras.Model):
         )
 
     def evaluate(self, x=None, y=None, batch_size=None, *args, partition_col=_UNSET, cache_dir=_UNSET,
-                 allow_non_finite=_UNSET, image_resize=_UNSET, **kwargs):
+                 allow_non_finite=_UNSET, image_resize=_UNSET, row_id_col=_UNSET, **kwargs):
         """keras.Model.evaluate; with a Spark DataFrame `x`, evaluates on its columns (on the driver).
 
         One Spark pass writes the cache, then Keras's own `evaluate` reads it in row order. Every
@@ -171,6 +175,7 @@ class KerasSparkModel(keras.Model):
             cache_dir (str | None): as in `fit`.
             allow_non_finite (bool): as in `fit`.
             image_resize (str | None): as in `fit`.
+            row_id_col (str | None): as in `fit`.
 
         Keyword Args:
             sequence_length (int | None): as in `fit`.
@@ -188,7 +193,7 @@ class KerasSparkModel(keras.Model):
             keras_spark.errors.DataError: as in `fit`.
         """
         spark_only = dict(partition_col=partition_col, cache_dir=cache_dir, allow_non_finite=allow_non_finite,
-                          image_resize=image_resize)
+                          image_resize=image_resize, row_id_col=row_id_col)
         if not is_spark_dataframe(x):
             _reject_spark_keywords(spark_only, "evaluate")
             return super().evaluate(x, y, batch_size, *args, **kwargs)
@@ -257,11 +262,10 @@ class KerasSparkModel(keras.Model):
 
     # -- files ----------------------------------------------------------------------
     def save(self, filepath, *args, **kwargs):
-        """keras.Model.save, written as a plain functional model.
+        """keras.Model.save, written as a functional model registered as a KerasSparkModel.
 
-        The file loads with `keras.saving.load_model` where keras-spark is not installed
-        (a serving process, MLflow's workers) as a functional `keras.Model`, and with
-        `keras_spark.models.load_model` as a KerasSparkModel again.
+        `keras.saving.load_model` gives a KerasSparkModel again where keras_spark is imported, and a
+        functional `keras.Model` where keras-spark is not installed (a serving process, MLflow's workers).
         """
         if type(self) is not KerasSparkModel:  # a user's subclass: its own class is its config
             return super().save(filepath, *args, **kwargs)
@@ -282,10 +286,30 @@ def _functional_class() -> type:
     return type(keras.Model(probe, probe))
 
 
+@functools.cache
+def _saved_class() -> type:
+    """The class a KerasSparkModel is saved as: Keras's Functional by module and name, KerasSparkModel by
+    registered name.
+
+    Keras looks a class up by its registered name first and falls back to module and name
+    (`_retrieve_class_or_fn` in keras/src/saving/serialization_lib.py): a process that imported
+    keras_spark gets a KerasSparkModel, one without it Keras's functional model.
+    """
+    functional = _functional_class()
+    saved = type(functional.__name__, (functional,), {"__module__": functional.__module__,
+                                                       "__qualname__": functional.__qualname__})
+    registered = keras.saving.get_registered_name(KerasSparkModel)
+    package, name = registered.split(">", 1)
+    keras.saving.register_keras_serializable(package, name)(saved)
+    # Registering `saved` pointed the name at it: point the name back, loading gives KerasSparkModel.
+    keras.saving.register_keras_serializable(package, name)(KerasSparkModel)
+    return saved
+
+
 @contextlib.contextmanager
 def _as_functional(model):
-    # The saved config names the class; for the length of the save it is Keras's own.
-    object.__setattr__(model, "__class__", _functional_class())
+    # The saved config names the class; for the length of the save it is Keras's own, but registered as ours.
+    object.__setattr__(model, "__class__", _saved_class())
     try:
         yield
     finally:
@@ -318,11 +342,14 @@ def load_model(path: str, custom_objects: dict | None = None, **kwargs) -> Keras
 
     Args:
         path (str): a `.keras` file, as `KerasSparkModel.save` or `keras.Model.save` writes it.
-        custom_objects (dict[str, object] | None): objects the file names that are not registered.
+        custom_objects (dict[str, object] | None): objects the file names that are not registered; added
+            to those of an active `keras.saving.custom_object_scope`, not put in their place.
         **kwargs (Any): `keras.saving.load_model`'s other arguments (`compile`, `safe_mode`).
 
     Returns:
         KerasSparkModel: the model, ready for `fit`, `evaluate` and `predict` on DataFrames.
     """
-    with keras.saving.custom_object_scope(custom_objects or {}):
+    from keras_spark.model_package import custom_object_scope
+
+    with custom_object_scope(custom_objects):
         return as_keras_spark_model(keras.saving.load_model(path, **kwargs))

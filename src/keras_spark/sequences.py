@@ -151,6 +151,14 @@ def string_column_hint(leaf: T.DataType) -> str:
             "in the model do it)")
 
 
+def string_label_hint(leaf: T.DataType, column: str) -> str:
+    """What to do with a string column fed as a label (a model's output is numbers)."""
+    if not isinstance(leaf, T.StringType):
+        return ""
+    return (f" (a string label: if it holds numbers, cast it in Spark, F.col('{column}').cast('double'); if it holds "
+            f"class names, index them with pyspark.ml.feature.StringIndexer and train on the indices)")
+
+
 # -- the cache and the core --------------------------------------------------------------
 def core_spec(binding, field_index: int) -> tuple:
     """(name, field, dtype, shape, (strings, max_length)): the CacheWriter's spec of a ragged column."""
@@ -203,6 +211,29 @@ def bucket_column(bindings) -> int | None:
         if b.kind == SEQUENCE and b.role == "input" and b.sequence.bucket_by_length is not False:
             return i
     return None
+
+
+def row_groups(cached, pull_rows: int) -> list[int]:
+    """Rows of each group the core cuts into pulls of `pull_rows`: every row, or each bucket's rows.
+
+    A group's pull is cut when it fills; with buckets, each bucket's part-filled rest comes at the
+    epoch's end, in bucket order (src/cpp/pipeline.cc, BatchPlanner::next).
+    """
+    column = bucket_column(cached.bindings)
+    if column is None or not cached.rows:
+        return [cached.rows]
+    return bucket_counts(cached, column, boundaries_of(cached, column, pull_rows))
+
+
+def bucket_counts(cached, column: int, boundaries) -> list[int]:
+    """Rows of each bucket among the cached partitions' rows (a row is in bucket i when
+    boundaries[i - 1] <= length < boundaries[i], as the core's upper_bound)."""
+    offsets = [np.fromfile(files[column] + ".offsets", dtype=np.int64) for files in cached.chunk_files]
+    lengths = [np.diff(offsets[chunk][start:start + count + 1])
+               for segments in cached.partitions for chunk, start, count in segments]
+    buckets = np.searchsorted(np.asarray(boundaries, np.int64), np.concatenate([np.zeros(0, np.int64), *lengths]),
+                              side="right")
+    return np.bincount(buckets, minlength=len(boundaries) + 1).tolist()
 
 
 def row_lengths(cached, column: int) -> np.ndarray:

@@ -33,10 +33,11 @@ from pyspark.sql import functions as F
 from keras_spark import _core, scratch, sequences, sparse
 from keras_spark.binding import ColumnBinding
 from keras_spark.errors import DataError
-from keras_spark.spark import session
+from keras_spark.spark import row_location, session
 
 _PASS_SCHEMA = "info string"
 _ROW_ID = "__keras_spark_row_id"
+_SOURCE_ORDER = "__keras_spark_source_order"
 CHUNK_BYTES = 16 << 20  # Arrow bytes a client read holds at once
 _MARKER = "keras_spark_marker"  # no leading dot: Spark file reads skip hidden files
 EXECUTORS_WROTE = "executors wrote the cache"
@@ -70,21 +71,27 @@ class CachedData:
         scratch.remove(self.directory)
 
 
-def _write_rows(batches, prefix: str, columns, pid_index: int, allow_non_finite: bool = False) -> str:
-    """Feed Arrow batches to one CacheWriter; the task's summary as JSON (errors are data)."""
+def _write_rows(batches, prefix: str, columns, pid_index: int, allow_non_finite: bool = False,
+                id_index: int | None = None) -> str:
+    """Feed Arrow batches to one CacheWriter; the task's summary as JSON (errors are data, with the bad
+    row's partition id, position among that id's rows here, and `id_index` column's value)."""
     columns, ragged = sequences.split_core_specs(columns)
     writer = _core.CacheWriter(prefix, columns, pid_index, allow_non_finite=allow_non_finite, ragged=ragged)
+    batch = None
     try:
         for batch in batches:
             writer.write(*batch.__arrow_c_array__())
     except _core.ColumnError as error:
+        written = {}
         with contextlib.suppress(Exception):
-            writer.finish()  # closes the files; the driver removes the directory
-        return json.dumps({"error": str(error)})
+            written = writer.finish()  # closes the files; the driver removes the directory
+        return json.dumps({"error": str(error), **row_location.failed_row(
+            batch, writer.failed_row, written.get("runs", []), pid_index, id_index)})
     return json.dumps(writer.finish())
 
 
-def _write_task(batches, *, directory: str, token: str, columns, pid_index: int, allow_non_finite: bool):
+def _write_task(batches, *, directory: str, token: str, columns, pid_index: int, allow_non_finite: bool,
+                id_index: int | None = None):
     """Executor side of the Spark pass (mapInArrow): write the rows where the client reads, if it can.
 
     A task that sees the client's marker writes its rows to the cache and yields its
@@ -95,7 +102,10 @@ def _write_task(batches, *, directory: str, token: str, columns, pid_index: int,
 
         ctx = TaskContext.get()
         task = f"{ctx.partitionId()}-{ctx.attemptNumber()}-{ctx.taskAttemptId()}" if ctx else str(os.getpid())
-        info = _write_rows(batches, os.path.join(directory, f"task-{task}"), columns, pid_index, allow_non_finite)
+        info = _write_rows(batches, os.path.join(directory, f"task-{task}"), columns, pid_index, allow_non_finite,
+                           id_index)
+        # The driver counts a bad row's place from the Spark partitions before this one.
+        info = json.dumps(dict(json.loads(info), spark_partition=ctx.partitionId() if ctx else 0))
     else:
         info = json.dumps({"unseen": True})
     yield pa.RecordBatch.from_pydict({"info": [info]}, schema=pa.schema([("info", pa.string())]))
@@ -109,14 +119,18 @@ def _sees_marker(directory: str, token: str) -> bool:
         return False
 
 
-def _select_sorted(df, bindings: list[ColumnBinding], partition_col: str):
-    names = list(dict.fromkeys([b.column for b in bindings] + [partition_col]))
-    selected = df.select(*[F.col(f"`{n}`") for n in names]).sortWithinPartitions(F.col(f"`{partition_col}`"))
+def _select_sorted(df, bindings: list[ColumnBinding], partition_col: str, id_column: str | None = None):
+    names = list(dict.fromkeys([b.column for b in bindings] + [partition_col] + ([id_column] if id_column else [])))
+    # Rows of one id keep the source order (Spark's sort is not stable across spills): an error's row
+    # position among its id's rows is then the one the user sees in the DataFrame.
+    order = F.monotonically_increasing_id().alias(_SOURCE_ORDER)
+    selected = (df.select(*[F.col(f"`{n}`") for n in names], order)
+                .sortWithinPartitions(F.col(f"`{partition_col}`"), F.col(_SOURCE_ORDER)).drop(_SOURCE_ORDER))
     return selected, names
 
 
 def extract(df, bindings: list[ColumnBinding], partition_col: str, *, cache_dir: str | None = None,
-            stream: bool | None = None, allow_non_finite: bool = False) -> CachedData:
+            stream: bool | None = None, allow_non_finite: bool = False, row_id_col: str | None = None) -> CachedData:
     """Read `df` once and cache its bound columns; raises DataError for bad values.
 
     The cache is made in `cache_dir` (default: the client's temporary directory) and
@@ -124,18 +138,23 @@ def extract(df, bindings: list[ColumnBinding], partition_col: str, *, cache_dir:
     otherwise the client reads the rows in bounded chunks (`_client_reads`).
     `stream=True` sends every row through the client whatever the executors can see.
     NaN or infinite values are a DataError naming the column and row unless
-    `allow_non_finite`.
+    `allow_non_finite`. A bad row is named by its partition id, its position among that id's
+    rows in the DataFrame's order, and the value of `row_id_col` (default: a binaryFile
+    frame's `path`), see row_location.py.
     """
+    id_column = row_location.identifying_column(df.schema, row_id_col)
     directory = scratch.make_dir(parent=cache_dir)
-    selected, names = _select_sorted(df, bindings, partition_col)
+    selected, names = _select_sorted(df, bindings, partition_col, id_column)
     columns = [b.core_spec(names.index(b.column)) for b in bindings]
-    pid_index = names.index(partition_col)
+    pid_index, id_index = names.index(partition_col), names.index(id_column) if id_column else None
     try:
-        infos = None if stream else _executors_write(selected, directory, columns, pid_index, allow_non_finite)
+        infos = None if stream else _executors_write(selected, directory, columns, pid_index, allow_non_finite,
+                                                     id_index)
         path = EXECUTORS_WROTE
         if infos is None:
-            infos = [_client_reads(selected, bindings, directory, columns, pid_index, allow_non_finite)]
+            infos = [_client_reads(selected, bindings, directory, columns, pid_index, allow_non_finite, id_index)]
             path = CLIENT_WROTE
+        _raise_first_error(infos, id_column)
         cached = _assemble(directory, bindings, infos)
         cached.path = path
         return cached
@@ -144,7 +163,17 @@ def extract(df, bindings: list[ColumnBinding], partition_col: str, *, cache_dir:
         raise
 
 
-def _executors_write(selected, directory: str, columns, pid_index: int, allow_non_finite: bool) -> list[dict] | None:
+def _raise_first_error(infos: list[dict], id_column: str | None) -> None:
+    """The DataError of the first Spark partition with a bad row (the ones before it wrote all their rows)."""
+    failed = [info for info in infos if "error" in info]
+    if failed:
+        first = min(failed, key=lambda info: info.get("spark_partition", 0))
+        rows_before = row_location.rows_of_id_before(infos, first) if "partition_id" in first else 0
+        raise DataError(row_location.describe(first, rows_before, id_column))
+
+
+def _executors_write(selected, directory: str, columns, pid_index: int, allow_non_finite: bool,
+                     id_index: int | None = None) -> list[dict] | None:
     """The one Spark pass where every executor writes its rows to the cache; None where one cannot.
 
     The client leaves a marker with a fresh token and each task looks for it. A
@@ -159,7 +188,7 @@ def _executors_write(selected, directory: str, columns, pid_index: int, allow_no
     if session.is_connect(spark) and not _jvm_reads(spark, marker, token):
         return None
     task = functools.partial(_write_task, directory=directory, token=token, columns=columns, pid_index=pid_index,
-                             allow_non_finite=allow_non_finite)
+                             allow_non_finite=allow_non_finite, id_index=id_index)
     infos = [json.loads(row["info"]) for row in selected.mapInArrow(task, _PASS_SCHEMA).collect()]
     if any(info.get("unseen") for info in infos):
         _remove_task_files(directory)
@@ -176,7 +205,7 @@ def _jvm_reads(spark, marker: str, token: str) -> bool:
 
 
 def _client_reads(selected, bindings: list[ColumnBinding], directory: str, columns, pid_index: int,
-                  allow_non_finite: bool) -> dict:
+                  allow_non_finite: bool, id_index: int | None = None) -> dict:
     """The rows through the client as Arrow straight from the JVM (no Python workers), written by one CacheWriter.
 
     A Connect client reads the server's Arrow stream as it arrives: one job, rows in
@@ -187,7 +216,8 @@ def _client_reads(selected, bindings: list[ColumnBinding], directory: str, colum
     batches = _server_stream(selected)
     if batches is None:
         batches = _chunked_reads(selected, bindings)
-    return json.loads(_write_rows(batches, os.path.join(directory, "client"), columns, pid_index, allow_non_finite))
+    return json.loads(_write_rows(batches, os.path.join(directory, "client"), columns, pid_index, allow_non_finite,
+                                  id_index))
 
 
 def _chunked_reads(selected, bindings: list[ColumnBinding]):

@@ -138,6 +138,17 @@ def _dense_inputs(batch: pa.RecordBatch, bindings: list[ColumnBinding]) -> tuple
     return arrays, row_lengths
 
 
+def _checked_inputs(batch: pa.RecordBatch, bindings: list[ColumnBinding]):
+    """`_dense_inputs`, with a bad value raised as the DataError fit raises on the driver, in the same words."""
+    from keras_spark import _core
+    from keras_spark.errors import DataError
+
+    try:
+        return _dense_inputs(batch, bindings)
+    except _core.ColumnError as error:
+        raise DataError(str(error)) from None  # the core's own type means nothing to a user
+
+
 def default_batch_rows(row_bytes: int) -> int:
     """Rows per scoring call when predict is given no batch_size: about PREDICT_BATCH_BYTES of input."""
     low, high = PREDICT_BATCH_ROWS
@@ -164,7 +175,7 @@ def _score_batches(batches, *, model_id, package, backend, bindings, output_type
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        inputs, row_lengths = _dense_inputs(batch, bindings)
+        inputs, row_lengths = _checked_inputs(batch, bindings)
         step = batch_size or default_batch_rows(sum(a[:1].nbytes for a in inputs))
         chunks = []
         for start in range(0, batch.num_rows, step):
@@ -185,7 +196,7 @@ def _package(model, custom_objects: dict | None) -> tuple[str, bytes]:
 
     Saving twice gives different bytes (the archive records when it was saved), so the
     package is kept on the model under a fingerprint of what scoring depends on (config,
-    weights, the custom objects given): then a second predict sends nothing new to a
+    weights, the custom objects given or in scope): then a second predict sends nothing new to a
     Connect server and workers keep the loaded model.
     """
     import json
@@ -195,7 +206,9 @@ def _package(model, custom_objects: dict | None) -> tuple[str, bytes]:
     digest = hashlib.sha256(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
     for weight in model.get_weights():
         digest.update(np.ascontiguousarray(weight).tobytes())
-    for name, obj in sorted((custom_objects or {}).items()):
+    from keras_spark.model_package import scoped_custom_objects
+
+    for name, obj in sorted({**scoped_custom_objects(), **(custom_objects or {})}.items()):
         digest.update(f"{name}={id(obj)}".encode())
     fingerprint = digest.hexdigest()
     kept = getattr(model, "_keras_spark_package", None)

@@ -79,8 +79,9 @@ def batch_size_or_default(value, name: str = "batch_size") -> int:
 
 
 @contextlib.contextmanager
-def _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite=False):
-    cached = extract(df, bindings, partition_col, cache_dir=cache_dir, allow_non_finite=allow_non_finite)
+def _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite=False, row_id_col=None):
+    cached = extract(df, bindings, partition_col, cache_dir=cache_dir, allow_non_finite=allow_non_finite,
+                     row_id_col=row_id_col)
     try:
         binding.check_label_shapes(model, cached.bindings, cached.shapes)
         check_weight_values(cached)
@@ -110,7 +111,8 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
                   num_parallel_calls=None, cache_dir=None, shuffle=True, validation_data=None,
                   validation_split=0.0, validation_batch_size=None, sample_weight=None, initial_epoch=0,
                   steps_per_epoch=None, validation_steps=None, num_workers=1, allow_non_finite=False,
-                  class_weight=None, custom_objects=None, image_resize=None, shuffle_seed=None, **keras_kwargs):
+                  class_weight=None, custom_objects=None, image_resize=None, shuffle_seed=None, row_id_col=None,
+                  **keras_kwargs):
     """Model.fit on a DataFrame: labels are the columns named like the outputs, weights a column's name.
 
     `shuffle_seed` fixes the shuffle order without touching the global `random` (pyspark.ml stages
@@ -159,10 +161,11 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     with contextlib.ExitStack() as stack:
         stack.enter_context(terminate_cleanly())
         started = time.perf_counter()
-        cached = stack.enter_context(_cached(model, df, train_bindings, partition_col, cache_dir, allow_non_finite))
+        cached = stack.enter_context(
+            _cached(model, df, train_bindings, partition_col, cache_dir, allow_non_finite, row_id_col))
         if spark_validation:
             val_cached = stack.enter_context(
-                _cached(model, validation_data, val_bindings, partition_col, cache_dir, allow_non_finite))
+                _cached(model, validation_data, val_bindings, partition_col, cache_dir, allow_non_finite, row_id_col))
         feed = _feed(model, cached, batch_size, shuffle=shuffle, seed=seed,
                      num_parallel_calls=num_parallel_calls, first_epoch=initial_epoch, class_weight=class_weight)
         stack.callback(feed.close)
@@ -172,7 +175,7 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
             stack.callback(val_feed.close)
             validation_data, validation_steps = keras_input(val_feed), validation_steps or val_feed.steps_per_epoch
         spark_pass_s = time.perf_counter() - started
-        trained = RowsTrained.for_batches(feed.rows, feed.batch_size)
+        trained = RowsTrained(feed.rows_at_step, feed.steps_per_epoch)
         keras_kwargs["callbacks"] = with_callback(keras_kwargs.get("callbacks"), trained, model)
         history = super_fit(
             keras_input(feed, endless=steps_per_epoch is not None), epochs=epochs,
@@ -195,13 +198,14 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
 
 def evaluate_dataframe(model, df, *, y=None, batch_size=None, super_evaluate, partition_col="partition_id",
                        cache_dir=None, sample_weight=None, steps=None, allow_non_finite=False, image_resize=None,
-                       **keras_kwargs):
+                       row_id_col=None, **keras_kwargs):
     """Model.evaluate on a DataFrame, in row order, on the driver; `sample_weight` names a weight column."""
     _reject("y", y, "labels are the columns named like the model's outputs")
     df, _ = with_partition_ids(df, partition_col)
     bindings = _bind(model, df, partition_col, with_labels=True, sample_weight=sample_weight,
                      sequence_options=sequences.SequenceOptions.pop_from(keras_kwargs), image_resize=image_resize)
-    with terminate_cleanly(), _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite) as cached:
+    with terminate_cleanly(), _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite,
+                                      row_id_col) as cached:
         feed = _feed(model, cached, batch_size_or_default(batch_size), shuffle=False, seed=0, num_parallel_calls=1)
         try:
             return super_evaluate(keras_input(feed), steps=steps or feed.steps_per_epoch, **keras_kwargs)
