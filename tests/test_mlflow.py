@@ -39,7 +39,7 @@ def test_mlflow_logger_with_two_workers_logs_once_into_one_run(tmp_path):
 @pytest.mark.backend_independent  # the signature comes from the model's inputs; serving per backend: autolog's test
 def test_log_model_writes_a_signature_that_spark_udf_serves_from_the_column(tmp_path):
     result = run_scenario_in("mlflow_model_run.py", tmp_path, "log_model", dict(os.environ))
-    assert result["models"] == 1 and result["loaded_class"] == "Functional"
+    assert result["models"] == 1 and result["loaded_class"] == "KerasSparkModel"  # keras_spark is imported there
     inputs = json.loads(result["signature"]["inputs"])
     assert inputs == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 4]}, "name": "x"}]
     assert result["max_served_diff"] < 1e-5  # udf("x"): no "Invalid dtype: object" on the executors

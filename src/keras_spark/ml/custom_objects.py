@@ -17,10 +17,9 @@ import zipfile
 
 def active_scope() -> dict:
     """The objects of the `custom_object_scope` active on this thread ({} outside any)."""
-    # Keras has no public getter; CustomObjectScope keeps its dict under this global attribute.
-    from keras.src.backend.common import global_state
+    from keras_spark.model_package import scoped_custom_objects
 
-    return dict(global_state.get_global_attribute("custom_objects_scope_dict", {}) or {})
+    return scoped_custom_objects()
 
 
 def for_opening(stage_objects: dict) -> dict:
