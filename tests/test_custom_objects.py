@@ -150,6 +150,7 @@ def _weighted_frame(spark, rows=400):
     return numeric_frame(spark, rows, 4).withColumn("w", (F.col("id") % 3).cast("double"))
 
 
+@pytest.mark.session_independent
 def test_evaluate_with_a_weight_column_matches_keras_on_numpy(spark):
     df = _weighted_frame(spark)
     model = regression_model()
@@ -166,6 +167,7 @@ def _sgd_model(lr):
     return model
 
 
+@pytest.mark.session_independent
 def test_fit_with_a_weight_of_two_equals_twice_the_learning_rate(spark):
     df = numeric_frame(spark, 300, 3).withColumn("two", F.lit(2.0))
     weighted, faster = _sgd_model(0.01), _sgd_model(0.02)
@@ -175,6 +177,7 @@ def test_fit_with_a_weight_of_two_equals_twice_the_learning_rate(spark):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.session_independent
 def test_rows_of_weight_zero_do_not_train(spark):
     df = numeric_frame(spark, 200, 2).withColumn("zero", F.lit(0).cast("int"))
     model = _sgd_model(0.1)
@@ -195,12 +198,14 @@ def test_negative_and_nan_weights_are_refused_naming_column_and_row(spark, value
         regression_model().fit(df, sample_weight="w", batch_size=32, verbose=0)
 
 
+@pytest.mark.session_independent
 def test_null_weights_are_refused_naming_the_column(spark):
     df = numeric_frame(spark, 100, 2).withColumn("w", F.when(F.col("id") != 7, F.lit(1.0)))
     with pytest.raises(DataError, match="column 'w' has a null"):
         regression_model().evaluate(df, sample_weight="w", verbose=0)
 
 
+@pytest.mark.session_independent
 def test_weights_must_be_a_numeric_column_name(spark):
     df = numeric_frame(spark, 20, 2)
     with pytest.raises(TypeError, match="sample_weight is the name of a column"):
@@ -220,6 +225,7 @@ def _classifier():
     return model
 
 
+@pytest.mark.session_independent
 def test_class_weight_trains_as_keras_does_on_numpy(spark):
     df = numeric_frame(spark, 120, 1).withColumn("label", (F.col("id") % 3).cast("int"))
     class_weight = {0: 1.0, 1: 5.0, 2: 0.2}
@@ -234,6 +240,7 @@ def test_class_weight_trains_as_keras_does_on_numpy(spark):
     assert not np.allclose(unweighted.get_weights()[0], on_spark.get_weights()[0])
 
 
+@pytest.mark.session_independent
 def test_class_weight_with_a_weight_column_is_refused_as_with_numpy(spark):
     df = numeric_frame(spark, 30, 1).withColumn("label", F.lit(1)).withColumn("w", F.lit(1.0))
     with pytest.raises(ValueError, match="sample_weight or class_weight, not both"):
@@ -258,6 +265,7 @@ _PLAIN_KERAS_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.session_independent
 def test_a_saved_model_loads_in_plain_keras_without_keras_spark(spark, tmp_path):
     df = numeric_frame(spark, 200, 2)
     model = regression_model()
@@ -276,6 +284,7 @@ def test_a_saved_model_loads_in_plain_keras_without_keras_spark(spark, tmp_path)
     np.testing.assert_allclose(result["scores"], model.predict(x, verbose=0).reshape(-1), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.session_independent
 def test_keras_spark_load_model_keeps_weights_compile_config_and_optimizer_state(spark, tmp_path):
     df = numeric_frame(spark, 200, 2)
     model = custom_model()
@@ -305,6 +314,7 @@ def _take(data, n):
     return [next(it) for _ in range(n)]
 
 
+@pytest.mark.session_independent
 def test_the_training_input_serves_batches_before_beside_and_after_keras_then_errors_once_closed(spark):
     df = numeric_frame(spark, 500, 3)
     model = regression_model()

@@ -46,6 +46,7 @@ def test_every_row_is_served_exactly_once_per_epoch(spark):
         assert np.array_equal(np.sort(ids), np.arange(5003))
 
 
+@pytest.mark.session_independent
 def test_shuffle_changes_order_between_epochs_and_is_reproducible(spark):
     df = numeric_frame(spark, rows=3000, partitions=5)
     first = _epochs_of_ids(spark, df, epochs=2, seed=5)
@@ -58,6 +59,7 @@ def test_shuffle_changes_order_between_epochs_and_is_reproducible(spark):
     assert len(set(first[0][1][:64] % 5)) >= 3
 
 
+@pytest.mark.session_independent
 def test_without_shuffle_partitions_are_interleaved_in_order(spark):
     df = numeric_frame(spark, rows=100, partitions=4)
     [(_, ids)] = _epochs_of_ids(spark, df, epochs=1, shuffle=False, parallel=2, batch_size=10)
@@ -104,6 +106,7 @@ def test_fit_trains_on_every_row_once_per_epoch_and_shows_true_steps(spark):
     assert len(history.history["loss"]) == 3
 
 
+@pytest.mark.session_independent
 def test_validation_data_and_callbacks_work_as_with_numpy(spark, tmp_path):
     train, val = numeric_frame(spark, 3000, 4, seed=1), numeric_frame(spark, 500, 2, seed=2)
     model = regression_model()
@@ -125,6 +128,7 @@ def test_validation_data_and_callbacks_work_as_with_numpy(spark, tmp_path):
     assert model.evaluate(val, batch_size=64, verbose=0) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.session_independent
 def test_backup_and_restore_resumes_after_interruption(spark, tmp_path):
     df = numeric_frame(spark, 600, 2)
     model = regression_model()
@@ -141,6 +145,7 @@ def test_backup_and_restore_resumes_after_interruption(spark, tmp_path):
     assert len(history.history["loss"]) == 2  # epochs 3 and 4 only
 
 
+@pytest.mark.session_independent
 def test_loss_goes_down(spark):
     df = numeric_frame(spark, 4000, 4)
     model = regression_model()
@@ -148,6 +153,7 @@ def test_loss_goes_down(spark):
     assert history.history["loss"][-1] < 0.2 * history.history["loss"][0]
 
 
+@pytest.mark.session_independent
 def test_tensorflow_adapter_serves_the_same_batches_as_single_pulls(spark):
     from keras_spark.feed import _tf_dataset
 

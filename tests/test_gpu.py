@@ -144,6 +144,7 @@ def test_staging_keeps_order_and_depth_batches_in_flight():
     assert out == [0, 1, 2, 3, 4] and wait.seconds >= 0
 
 
+@pytest.mark.session_independent
 def test_data_stats_report_the_wait_for_data_on_cpu_as_the_host_wait(spark):
     model = regression_model()
     model.fit(numeric_frame(spark, 512, 4), batch_size=64, epochs=1, verbose=0)
@@ -156,6 +157,7 @@ def _staging_device(backend: str) -> str | None:
     return {"jax": "cpu:0", "tensorflow": "/device:CPU:0"}.get(backend)
 
 
+@pytest.mark.session_independent
 def test_fit_through_device_staging_trains_every_row(spark, monkeypatch):
     backend = keras.backend.backend()
     if _staging_device(backend) is None:

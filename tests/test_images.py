@@ -146,6 +146,7 @@ def test_size_mismatch_without_image_resize_is_a_data_error(spark):
         image_model().fit(in_memory_images(spark, blobs, [0] * 4), batch_size=2, epochs=1, verbose=0)
 
 
+@pytest.mark.session_independent
 @pytest.mark.parametrize("image_resize", ["resize", "center_crop"])
 def test_image_resize_fits_other_sizes(spark, image_resize):
     rng = np.random.default_rng(8)

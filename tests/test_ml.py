@@ -165,6 +165,7 @@ def _two_grid_points(estimator):
             {estimator.epochs: 2, estimator.batchSize: 32, estimator.learningRate: 3e-2}]
 
 
+@pytest.mark.backend_independent
 def test_cross_validator_picks_the_same_best_model_as_by_hand(cancer):
     estimator = _estimator()
     pipeline = Pipeline(stages=pipeline_stages(estimator))
@@ -186,6 +187,7 @@ def test_cross_validator_picks_the_same_best_model_as_by_hand(cancer):
     assert cv.bestModel.stages[-1].history["loss"] and len(cv.bestModel.stages[-1].history["loss"]) == 2
 
 
+@pytest.mark.backend_independent
 def test_train_validation_split_runs_in_parallel_threads(cancer):
     estimator = _estimator()
     split = TrainValidationSplit(estimator=Pipeline(stages=pipeline_stages(estimator)),

@@ -1,6 +1,9 @@
 """The user's quickstart (../shared/seed/spark-keras-integration.md), verbatim."""
 
+import pytest
 
+
+@pytest.mark.session_independent
 def test_seed_quickstart_runs_as_written(spark):
     import pandas as pd
     import tensorflow as tf

@@ -2,11 +2,13 @@
 
 import keras
 import numpy as np
+import pytest
 from builders import numeric_frame, regression_model, to_numpy
 
 from keras_spark.models import KerasSparkModel, load_model
 
 
+@pytest.mark.session_independent
 def test_save_and_load_round_trip(spark, tmp_path):
     df = numeric_frame(spark, 500, 2)
     model = regression_model()
@@ -33,6 +35,7 @@ def test_numpy_data_behaves_as_keras_model():
     assert np.isfinite(model.evaluate(data, data.sum(1), verbose=0))
 
 
+@pytest.mark.session_independent
 def test_keras_load_model_gives_a_keras_spark_model_where_keras_spark_is_imported(spark, tmp_path):
     df = numeric_frame(spark, 100, 2)
     model = regression_model()

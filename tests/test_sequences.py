@@ -206,6 +206,7 @@ def test_a_sequence_past_a_fixed_length_with_truncating_unset_is_a_data_error(sp
         _classifier().fit(df, batch_size=8, epochs=1, verbose=0, sequence_length=4)
 
 
+@pytest.mark.session_independent
 def test_a_fixed_length_truncates_as_asked(spark):
     df = _token_frame(spark, rows=60, max_length=12)
     model = _classifier()
@@ -247,6 +248,7 @@ def _lengths_frame(spark, rows):
     return spark.createDataFrame(data, "id long, partition_id int, tokens array<int>, label float")
 
 
+@pytest.mark.session_independent
 @pytest.mark.parametrize("bucket_by_length", [False, True], ids=["unbucketed", "bucketed"])
 def test_fit_and_evaluate_feed_every_row_once_an_epoch(spark, bucket_by_length):
     df = _lengths_frame(spark, 600)

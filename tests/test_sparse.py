@@ -242,6 +242,7 @@ def test_fit_evaluate_and_predict_feed_sparse_batches(spark):
     np.testing.assert_allclose(scored["y"].to_numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.session_independent
 @needs_sparse_backend
 def test_the_batches_keras_gets_are_the_backends_sparse_tensors(spark):
     from keras_spark.binding import bind_labels
@@ -278,6 +279,8 @@ def test_sparse_index_past_the_size_stops_fit_naming_column_and_row(spark):
         sparse_linear_model().fit(df, batch_size=8, epochs=1, verbose=0)
 
 
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
 @needs_sparse_backend
 def test_sparse_inputs_with_num_workers_are_refused_before_spark_runs(spark):
     df, _ = vector_frame(spark, 10)
