@@ -263,7 +263,9 @@ def test_a_signal_during_the_spark_pass_ends_fit_and_leaves_nothing(lifecycle, s
     _assert_nothing_left(run)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+# SIGTERM is keras-spark's own handler whatever the backend; SIGINT is a KeyboardInterrupt inside each backend's loop.
+@pytest.mark.parametrize("signum", [pytest.param(signal.SIGTERM, marks=pytest.mark.backend_independent), signal.SIGINT],
+                         ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_an_epoch_ends_fit_and_leaves_nothing(lifecycle, signum):
     run = lifecycle.start("epoch")
     run.wait_for_line("TRAINING")
@@ -274,6 +276,7 @@ def test_a_signal_during_an_epoch_ends_fit_and_leaves_nothing(lifecycle, signum)
     _assert_nothing_left(run)
 
 
+@pytest.mark.backend_independent  # the core's threads and keras-spark's directories, whatever runs the steps
 def test_an_abandoned_fit_exits_without_leaks_threads_or_directories(lifecycle):
     run = lifecycle.start("abandon")
     run.wait_for_line("RETURNED")
