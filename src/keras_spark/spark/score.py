@@ -19,6 +19,7 @@ from pyspark.sql import types as T
 
 from keras_spark import sequences, sparse
 from keras_spark.binding import ColumnBinding
+from keras_spark.spark.executors import check_executors, worker_python
 from keras_spark.spark.session import ship_bytes, task_gpu_amount
 
 OUTPUT_COLUMN = "model_output"
@@ -204,6 +205,7 @@ def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int 
     import keras
 
     schema = output_schema(model, df.schema)
+    check_executors(df.sparkSession, keras.backend.backend())  # one small job the first time, then a lookup
     output_types = [(f.name, f.dataType) for f in schema[OUTPUT_COLUMN].dataType.fields]
     model_id, package = _package(model, custom_objects)
     score = functools.partial(
@@ -217,4 +219,5 @@ def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int 
         batch_size=batch_size,
         gpu_amount=task_gpu_amount(df.sparkSession),  # the share each task's GPU addresses stand for
     )
-    return df.mapInArrow(score, schema)
+    with worker_python(df.sparkSession):
+        return df.mapInArrow(score, schema)
