@@ -166,12 +166,32 @@ def check_executors(spark, backend: str | None = None) -> None:
     _passed.add(key)
 
 
+@contextlib.contextmanager
+def _own_job_group(spark):
+    """The probe's job in a group of its own (named in the Spark UI), not in the caller's."""
+    if session.is_connect(spark):
+        yield
+        return
+    context = spark.sparkContext
+    saved = {key: context.getLocalProperty(key) for key in ("spark.jobGroup.id", "spark.job.description",
+                                                              "spark.job.interruptOnCancel")}
+    context.setJobGroup("keras-spark-executor-check", "keras-spark: can the executors import keras_spark?")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            context.setLocalProperty(key, value)
+
+
 def _run_probe(spark, backend: str | None, python: str) -> list[dict]:
+    # One task per slot reaches most executors; a scheduler may still put two tasks on one.
     slots = max(1, min(session.task_slots(spark), 64))
     with worker_python(spark):
         frame = spark.range(0, slots, 1, slots).mapInArrow(_probe_function(backend), _PROBE_SCHEMA)
     try:
-        return [row.asDict() for row in frame.collect()]
+        with _own_job_group(spark):
+            rows = frame.collect()
+        return [row.asDict() for row in rows]
     except Exception as error:  # the worker itself could not start: no such Python, no pyarrow, another PySpark
         raise ExecutorEnvironmentError(
             f"keras-spark could not run its check on the executors with the worker Python {python!r}: "

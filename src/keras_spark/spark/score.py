@@ -205,9 +205,9 @@ def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int 
     import keras
 
     schema = output_schema(model, df.schema)
-    check_executors(df.sparkSession, keras.backend.backend())  # one small job the first time, then a lookup
     output_types = [(f.name, f.dataType) for f in schema[OUTPUT_COLUMN].dataType.fields]
-    model_id, package = _package(model, custom_objects)
+    model_id, package = _package(model, custom_objects)  # an unpicklable custom object fails before any job
+    check_executors(df.sparkSession, keras.backend.backend())  # one small job the first time, then a lookup
     score = functools.partial(
         _score_batches,
         # Keyed by content: scoring again with unchanged weights reuses each worker's loaded model.
