@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import sys
+import threading
 import time
 
 from keras_spark.errors import ExecutorEnvironmentError
@@ -61,6 +62,7 @@ def probe(batches):
 
 _BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "numpy": "numpy"}
 _passed: set[tuple] = set()
+_python_exec_lock = threading.RLock()
 last_check_seconds: float | None = None  # how long the last probe job took (None: answered from the cache)
 
 
@@ -79,7 +81,12 @@ def _conf(spark, key: str) -> str | None:
 
 
 def _session_key(spark) -> str:
-    return spark.session_id if session.is_connect(spark) else spark.sparkContext.applicationId
+    if session.is_connect(spark):
+        return spark.session_id
+    context = spark.sparkContext  # applicationId asks the JVM: read once per context, kept on it
+    if "_keras_spark_app_id" not in context.__dict__:
+        context._keras_spark_app_id = context.applicationId
+    return context._keras_spark_app_id
 
 
 def _is_local_master(master: str) -> bool:
@@ -116,12 +123,13 @@ def worker_python(spark):
         yield
         return
     context = spark.sparkContext
-    before = context.pythonExec
-    context.pythonExec = python
-    try:
-        yield
-    finally:
-        context.pythonExec = before
+    with _python_exec_lock:  # threads fitting at once (a CrossValidator) must not restore each other's value
+        before = context.pythonExec
+        context.pythonExec = python
+        try:
+            yield
+        finally:
+            context.pythonExec = before
 
 
 def _effective_python(spark) -> str:
