@@ -154,3 +154,15 @@ def test_a_local_master_gives_keras_spark_jobs_the_driver_python(tmp_path):
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "OK python3" in done.stdout  # Spark's default stayed for the user's own UDFs
+
+
+@pytest.mark.parametrize("spark_error, shown", [
+    ('An error occurred while calling o116.collectToPython.\n: org.apache.spark.SparkException: Job aborted\n'
+     'Caused by: java.io.IOException: Cannot run program "/no/python3": error=2, No such file or directory\n',
+     'Cannot run program "/no/python3": error=2, No such file or directory'),
+    ("PythonException: \n  Traceback (most recent call last):\n    import pyarrow\n"
+     "ModuleNotFoundError: No module named 'pyarrow'\n\n\tat org.apache.spark.api.python.X",
+     "ModuleNotFoundError: No module named 'pyarrow'"),
+])
+def test_a_failed_check_job_is_told_by_its_cause_not_its_trace(spark_error, shown):
+    assert executors._root_cause(Exception(spark_error)) == shown

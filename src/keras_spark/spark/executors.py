@@ -207,9 +207,13 @@ def _run_probe(spark, backend: str | None, python: str) -> list[dict]:
 
 
 def _root_cause(error: Exception) -> str:
+    """The line of a Spark error that says what failed: the Python error raised last, or why no worker started."""
     text = str(error)
-    found = re.findall(r"^\s*(\w+(?:Error|Exception)\b[^\n]*)", text, flags=re.MULTILINE)
-    line = found[-1] if found else text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    no_program = re.search(r'Cannot run program "[^"]*"[^\n]*', text)
+    if no_program:
+        return no_program.group(0)[:500]
+    found = re.findall(r"^\s*(?:Caused by: )?((?:[\w$]+\.)*\w*(?:Error|Exception)\b:[^\n]*)", text, flags=re.MULTILINE)
+    line = found[-1] if found else (text.strip().splitlines() or [type(error).__name__])[0]
     return line[:500]
 
 
