@@ -60,6 +60,28 @@ if [ "$ARCH" != "$(uname -m)" ]; then
          --config-settings=cmake.define.KERAS_SPARK_STUB=OFF)
 fi
 
+# A cross-built wheel: pip named the module and tagged the wheel for this machine (scikit-build-core passes
+# this interpreter's SOABI); the module inside is the target's. auditwheel repair only takes this machine's
+# architecture, so `auditwheel show` checks the symbols and the manylinux tag is set here.
+tag_cross_wheel() {
+  local raw="$1" host; host="$(uname -m)"
+  "$TOOLS/bin/python" -m wheel unpack -d "$raw/unpacked" "$raw"/*.whl >&2
+  for so in "$raw"/unpacked/*/keras_spark/_core.*"$host"-linux-gnu.so; do
+    [ -e "$so" ] && mv "$so" "${so%"$host"-linux-gnu.so}$ARCH-linux-gnu.so"
+  done
+  rm "$raw"/*.whl
+  "$TOOLS/bin/python" -m wheel pack -d "$raw" "$raw"/unpacked/* >&2
+  local shown newest
+  shown="$("$TOOLS/bin/auditwheel" show "$raw"/*.whl 2>&1)"
+  echo "$shown" >&2
+  newest="$(grep -o "GLIBC_2\.[0-9]*" <<<"$shown" | sort -uV | tail -1)"
+  grep -q "requires no external shared libraries" <<<"$shown" && [ -n "$newest" ] \
+    && [ "$(printf '%s\n' "${newest#GLIBC_}" "$GLIBC" | sort -V | tail -1)" = "$GLIBC" ] \
+    || { echo "build_wheels: the $ARCH core needs more than glibc $GLIBC: $shown" >&2; return 1; }
+  "$TOOLS/bin/python" -m wheel tags --remove --platform-tag "manylinux_${GLIBC/./_}_$ARCH" "$raw"/*.whl >&2
+  mv "$raw"/*.whl "$OUT"/
+}
+
 # pyproject.toml's [build-system] requires, read without tomllib (3.10 has none).
 mapfile -t build_requires < <(sed -n '/^\[build-system\]/,/^\[/s/^requires *= *\[\(.*\)\]/\1/p' pyproject.toml \
   | tr ',' '\n' | tr -d ' "')
@@ -88,9 +110,10 @@ for py in "${pythons[@]}"; do
       --config-settings=build-dir="$WORK/build-$tag-$ARCH" \
       --config-settings=cmake.define.CMAKE_AR="$WORK/bin/zig-ar" --config-settings=cmake.define.CMAKE_RANLIB="$WORK/bin/zig-ranlib" \
       ${cross[@]+"${cross[@]}"} ${soabi[@]+"${soabi[@]}"}
-  if [ ${#cross[@]} -gt 0 ]; then  # pip tags the wheel for this machine; the module inside is the target's
-    "$TOOLS/bin/python" -m wheel tags --remove --platform-tag "linux_$ARCH" "$raw"/*.whl >&2
+  if [ ${#cross[@]} -gt 0 ]; then
+    tag_cross_wheel "$raw"
+  else
+    "$TOOLS/bin/auditwheel" repair --plat "manylinux_${GLIBC/./_}_$ARCH" --only-plat -w "$OUT" "$raw"/*.whl >&2
   fi
-  "$TOOLS/bin/auditwheel" repair --plat "manylinux_${GLIBC/./_}_$ARCH" --only-plat -w "$OUT" "$raw"/*.whl >&2
 done
 ls -1 "$OUT"/*.whl
