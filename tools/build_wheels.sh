@@ -71,6 +71,7 @@ tag_cross_wheel() {
   done
   rm "$raw"/*.whl
   "$TOOLS/bin/python" -m wheel pack -d "$raw" "$raw"/unpacked/* >&2
+  "$TOOLS/bin/python" -m wheel tags --remove --platform-tag "linux_$ARCH" "$raw"/*.whl >&2  # what auditwheel reads
   local shown newest
   shown="$("$TOOLS/bin/auditwheel" show "$raw"/*.whl 2>&1)"
   echo "$shown" >&2
