@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-pytestmark = [pytest.mark.backend_independent, pytest.mark.session_independent]
+pytestmark = pytest.mark.backend_independent
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
@@ -62,6 +62,7 @@ def packed_env(tmp_path_factory):
     return str(archive), figures
 
 
+@pytest.mark.session_independent  # its own driver and local-cluster, in a subprocess
 def test_a_shipped_environment_runs_fit_and_predict_on_executors_without_keras_spark(packed_env, tmp_path):
     archive, figures = packed_env
     script = tmp_path / "cluster_driver.py"
@@ -109,3 +110,40 @@ def test_a_shipped_environment_runs_fit_and_predict_on_executors_without_keras_s
     assert shown["python"] == "./environment/bin/python"
     assert "cannot import keras_spark" in shown["error"] or "could not run its check" in shown["error"]
     print({**figures, **{k: v for k, v in shown.items() if k != "error"}})
+
+
+def test_a_shipped_environment_over_spark_connect_runs_keras_spark_jobs_in_it(spark, packed_env):
+    """Over Connect the archive is a session artifact, unpacked where the session's Python workers start.
+
+    `./environment/bin/python` only starts if the archive was unpacked there: the executor check's job runs
+    in it (this server's workers also see the suite's PYTHONPATH, so keras_spark itself may come from there).
+    The packed venv has JAX, not the suite's backend, so predict is refused by the check naming the backend,
+    which only a check that ran in the shipped Python can say; under JAX, predict runs in it.
+    """
+    import keras
+
+    from keras_spark.deploy import ship_environment
+    from keras_spark.errors import ExecutorEnvironmentError
+    from keras_spark.models import KerasSparkModel
+    from keras_spark.spark import executors
+    from keras_spark.spark.session import is_connect
+
+    if not is_connect(spark):
+        pytest.skip("the classic route is test_a_shipped_environment_runs_fit_and_predict_on_executors_...")
+    archive, _ = packed_env
+    df = spark.createDataFrame([(float(i), 2.0 * i, i % 2) for i in range(40)],
+                               "feature1 double, label1 double, partition_id int")
+    inputs = keras.Input((1,), name="feature1")
+    model = KerasSparkModel(inputs, keras.layers.Dense(1, name="label1")(inputs))
+    model.compile("adam", "mse")
+    try:
+        assert ship_environment(spark, archive) == "./environment/bin/python"
+        model.fit(df, batch_size=8, epochs=1, verbose=0)
+        if keras.backend.backend() != "jax":
+            with pytest.raises(ExecutorEnvironmentError, match=f"backend '{keras.backend.backend()}'"):
+                model.predict(df)
+        else:
+            assert model.predict(df).count() == 40
+    finally:
+        spark.conf.unset("spark.sql.execution.pyspark.python")
+        executors._passed.clear()
