@@ -26,6 +26,7 @@ pythons=("$@")
 if [ ${#pythons[@]} -eq 0 ]; then
   for v in 3.10 3.11 3.12; do
     p="$(command -v "python$v" || true)"
+    if [ -n "$p" ] && ! "$p" -c '' 2>/dev/null; then p=""; fi  # a pyenv shim for a version not selected
     if [ -z "$p" ]; then  # pyenv's interpreters, where none is on PATH
       for candidate in "${PYENV_ROOT:-$HOME/.pyenv}/versions/$v".*/bin/python; do [ -x "$candidate" ] && p="$candidate"; done
     fi
