@@ -30,3 +30,13 @@ class ModelPackageError(ValueError):
 
     Raised on the driver before any Spark job, naming the object or class.
     """
+
+
+class ExecutorEnvironmentError(RuntimeError):
+    """The Spark executors cannot run keras-spark as the driver does.
+
+    Raised before keras-spark's first Spark job (keras_spark.spark.executors.check_executors):
+    keras_spark missing on an executor, another version of it, a compiled core that does not load,
+    an older Keras or a missing backend. The message names the executor's host and Python, and how to
+    fix it: the wheel on every node, a shipped environment (keras_spark.deploy), or PYSPARK_PYTHON.
+    """

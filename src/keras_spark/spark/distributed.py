@@ -38,6 +38,7 @@ from keras_spark import binding, scratch
 from keras_spark.devices import gpu_env, task_gpu_addresses
 from keras_spark.errors import BindingError, DataError, TrainingError
 from keras_spark.spark import is_spark_dataframe
+from keras_spark.spark.executors import check_executors, worker_python
 from keras_spark.spark.extract import _agree_on_shape, _assemble, _write_rows
 from keras_spark.spark.score import threads_per_task
 from keras_spark.spark.session import ship_bytes, task_slots
@@ -141,6 +142,7 @@ def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, e
     if not model.compiled:
         raise ValueError("the model must be compiled before fit (model.compile(...))")
     package = pack_model(model, custom_objects)  # before any Spark job: an unpicklable object fails here
+    check_executors(spark, keras.backend.backend())
     names = list(dict.fromkeys([b.column for b in bindings] + [partition_col]))
     selected = df.select(*[F.col(f"`{n}`") for n in names])
     if validation_data is not None:
@@ -186,7 +188,8 @@ def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, e
         # The shuffle after the barrier stage makes it a map stage, which Spark reruns
         # (all tasks together) after a failure; a failed barrier result stage is final.
         # One GPU per training process when the executors have GPUs (stage-level scheduling).
-        trained = routed.mapInArrow(task, _RESULT_SCHEMA, barrier=True, profile=training_profile(spark))
+        with worker_python(spark):
+            trained = routed.mapInArrow(task, _RESULT_SCHEMA, barrier=True, profile=training_profile(spark))
         rows = trained.repartition(1).collect()
     except Exception as error:  # a Py4J/Spark error that wraps the worker's own
         raise _surfaced(error) from None

@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 from keras_spark import _core, scratch, sequences, sparse
 from keras_spark.binding import ColumnBinding
 from keras_spark.errors import DataError
-from keras_spark.spark import row_location, session
+from keras_spark.spark import executors, row_location, session
 
 _PASS_SCHEMA = "info string"
 _ROW_ID = "__keras_spark_row_id"
@@ -187,9 +187,12 @@ def _executors_write(selected, directory: str, columns, pid_index: int, allow_no
     spark = selected.sparkSession
     if session.is_connect(spark) and not _jvm_reads(spark, marker, token):
         return None
+    executors.check_executors(spark)  # the tasks import keras_spark (its core), not Keras
     task = functools.partial(_write_task, directory=directory, token=token, columns=columns, pid_index=pid_index,
                              allow_non_finite=allow_non_finite, id_index=id_index)
-    infos = [json.loads(row["info"]) for row in selected.mapInArrow(task, _PASS_SCHEMA).collect()]
+    with executors.worker_python(spark):
+        written = selected.mapInArrow(task, _PASS_SCHEMA)
+    infos = [json.loads(row["info"]) for row in written.collect()]
     if any(info.get("unseen") for info in infos):
         _remove_task_files(directory)
         return None

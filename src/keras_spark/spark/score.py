@@ -19,6 +19,7 @@ from pyspark.sql import types as T
 
 from keras_spark import sequences, sparse
 from keras_spark.binding import ColumnBinding
+from keras_spark.spark.executors import check_executors, worker_python
 from keras_spark.spark.session import ship_bytes, task_gpu_amount
 
 OUTPUT_COLUMN = "model_output"
@@ -226,7 +227,8 @@ def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int 
 
     schema = output_schema(model, df.schema, output_col)
     output_types = [(f.name, f.dataType) for f in schema[output_col].dataType.fields]
-    model_id, package = _package(model, custom_objects)
+    model_id, package = _package(model, custom_objects)  # an unpicklable custom object fails before any job
+    check_executors(df.sparkSession, keras.backend.backend())  # one small job the first time, then a lookup
     score = functools.partial(
         _score_batches,
         # Keyed by content: scoring again with unchanged weights reuses each worker's loaded model.
@@ -239,4 +241,5 @@ def predict_dataframe(model, df, bindings: list[ColumnBinding], batch_size: int 
         gpu_amount=task_gpu_amount(df.sparkSession),  # the share each task's GPU addresses stand for
         output_col=output_col,
     )
-    return df.mapInArrow(score, schema)
+    with worker_python(df.sparkSession):
+        return df.mapInArrow(score, schema)

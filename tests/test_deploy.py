@@ -1,0 +1,149 @@
+"""The environment shipped: a packed venv with keras-spark as `spark.archives`-style archive on a cluster.
+
+A lean venv (keras-spark, Keras, JAX, pyarrow, pandas, venv-pack; no PySpark: Spark gives its workers
+its own) is made and packed once for the module, by keras_spark.deploy.pack_environment run in it. A
+driver on `local-cluster[1,1,1024]` whose executors would otherwise start PATH's python3 (one without
+keras_spark) first gets the clear ExecutorEnvironmentError, then ships the archive and fits and predicts.
+KERAS_SPARK_TEST_WHEEL=path/to.whl installs that wheel into the venv (.ci/wheel's); by default the
+checkout's built package directory is copied in, as the wheel would install it.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+pytestmark = pytest.mark.backend_independent
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+
+
+def _pip(venv, *args):
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--only-binary", ":all:", *args],
+                   check=True, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def packed_env(tmp_path_factory):
+    """(archive path, figures) for a lean venv with keras-spark, packed by keras_spark.deploy.pack_environment."""
+    import jax
+    import keras
+    import pyarrow
+
+    root = tmp_path_factory.mktemp("packed")
+    venv = root / "venv"
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    _pip(venv, f"keras=={keras.__version__}", f"jax=={jax.__version__}", f"jaxlib=={jax.__version__}",
+         f"pyarrow=={pyarrow.__version__}", "pandas<3", "venv-pack")
+    where = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site = subprocess.run([str(venv / "bin" / "python"), "-c", where], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    wheel = os.environ.get("KERAS_SPARK_TEST_WHEEL")
+    if wheel:
+        _pip(venv, "--no-deps", wheel)
+    else:
+        shutil.copytree(os.path.join(SRC, "keras_spark"), os.path.join(site, "keras_spark"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    installed = time.perf_counter()
+    archive = root / "keras_spark_env.tar.gz"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([str(venv / "bin" / "python"), "-c",
+                    f"from keras_spark.deploy import pack_environment; pack_environment({str(archive)!r})"],
+                   check=True, env=env, timeout=900)
+    figures = dict(install_s=installed - started, pack_s=time.perf_counter() - installed,
+                   archive_mb=archive.stat().st_size / 1e6)
+    print(f"packed env: {figures}")
+    return str(archive), figures
+
+
+@pytest.mark.session_independent  # its own driver and local-cluster, in a subprocess
+def test_a_shipped_environment_runs_fit_and_predict_on_executors_without_keras_spark(packed_env, tmp_path):
+    archive, figures = packed_env
+    script = tmp_path / "cluster_driver.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys, time
+        sys.path.insert(0, {SRC!r})  # the driver only: executors get no PYTHONPATH to this checkout
+        import keras
+        from pyspark.sql import SparkSession
+        from keras_spark.deploy import ship_environment
+        from keras_spark.errors import ExecutorEnvironmentError
+        from keras_spark.models import KerasSparkModel
+
+        spark = (SparkSession.builder.master("local-cluster[1,1,1024]").config("spark.ui.enabled", "false")
+                 .config("spark.executor.memory", "1g").getOrCreate())
+        df = spark.createDataFrame([(float(i), 2.0 * i, i % 2) for i in range(40)],
+                                   "feature1 double, label1 double, partition_id int")
+        inputs = keras.Input((1,), name="feature1")
+        model = KerasSparkModel(inputs, keras.layers.Dense(1, name="label1")(inputs))
+        model.compile("adam", "mse")
+        figures = {{}}
+        started = time.perf_counter()
+        try:
+            model.fit(df, batch_size=8, epochs=1, verbose=0)
+            raise SystemExit("fit ran on executors whose python3 has no keras_spark")
+        except ExecutorEnvironmentError as error:
+            figures["clear_error_s"] = time.perf_counter() - started
+            figures["error"] = str(error)
+        started = time.perf_counter()
+        figures["python"] = ship_environment(spark, {archive!r})
+        model.fit(df, batch_size=8, epochs=2, verbose=0)
+        figures["first_fit_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        rows = model.predict(df).select("model_output.label1").collect()
+        figures["predict_s"] = time.perf_counter() - started
+        assert len(rows) == 40 and all(isinstance(r["label1"], float) for r in rows)
+        print("FIGURES " + json.dumps(figures))
+    """))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON",
+                                                             "VIRTUAL_ENV", "SPARK_REMOTE",
+                                                             "SPARK_CONNECT_MODE_ENABLED")}
+    env.update(PATH="/usr/bin:/bin", KERAS_BACKEND="jax")  # the executors' python3: PATH's, without keras_spark
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    shown = json.loads(done.stdout.split("FIGURES ", 1)[1].splitlines()[0])
+    assert shown["python"] == "./environment/bin/python"
+    assert "cannot import keras_spark" in shown["error"] or "could not run its check" in shown["error"]
+    print({**figures, **{k: v for k, v in shown.items() if k != "error"}})
+
+
+def test_a_shipped_environment_over_spark_connect_runs_keras_spark_jobs_in_it(spark, packed_env):
+    """Over Connect the archive is a session artifact, unpacked where the session's Python workers start.
+
+    `./environment/bin/python` only starts if the archive was unpacked there: the executor check's job runs
+    in it (this server's workers also see the suite's PYTHONPATH, so keras_spark itself may come from there).
+    The packed venv has JAX, not the suite's backend, so predict is refused by the check naming the backend,
+    which only a check that ran in the shipped Python can say; under JAX, predict runs in it.
+    """
+    import keras
+
+    from keras_spark.deploy import ship_environment
+    from keras_spark.errors import ExecutorEnvironmentError
+    from keras_spark.models import KerasSparkModel
+    from keras_spark.spark import executors
+    from keras_spark.spark.session import is_connect
+
+    if not is_connect(spark):
+        pytest.skip("the classic route is test_a_shipped_environment_runs_fit_and_predict_on_executors_...")
+    archive, _ = packed_env
+    df = spark.createDataFrame([(float(i), 2.0 * i, i % 2) for i in range(40)],
+                               "feature1 double, label1 double, partition_id int")
+    inputs = keras.Input((1,), name="feature1")
+    model = KerasSparkModel(inputs, keras.layers.Dense(1, name="label1")(inputs))
+    model.compile("adam", "mse")
+    try:
+        assert ship_environment(spark, archive) == "./environment/bin/python"
+        model.fit(df, batch_size=8, epochs=1, verbose=0)
+        if keras.backend.backend() != "jax":
+            with pytest.raises(ExecutorEnvironmentError, match=f"backend '{keras.backend.backend()}'"):
+                model.predict(df)
+        else:
+            assert model.predict(df).count() == 40
+    finally:
+        spark.conf.unset("spark.sql.execution.pyspark.python")
+        executors._passed.clear()
