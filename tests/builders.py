@@ -55,6 +55,21 @@ def report(name, **figures):
     print("RESULT " + json.dumps(dict(name=name, **figures)), flush=True)
 
 
+class Shift(keras.layers.Layer):
+    """Adds a constant. Not registered: it reaches the executors only as custom_objects={"Shift": Shift},
+    a stage's customObjects or a user's custom_object_scope (and by value: tests/ is not installed)."""
+
+    def __init__(self, offset=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.offset = offset
+
+    def call(self, x):
+        return x + self.offset
+
+    def get_config(self):
+        return dict(super().get_config(), offset=self.offset)
+
+
 def regression_model(features: int = 4) -> KerasSparkModel:
     x = keras.Input(shape=(features,), name="x")
     h = keras.layers.Dense(8, activation="relu")(x)

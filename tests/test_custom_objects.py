@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from builders import numeric_frame, only_in_the_jax_pass, regression_model, to_numpy
+from builders import Shift, numeric_frame, only_in_the_jax_pass, regression_model, to_numpy
 from pyspark.sql import functions as F
 
 from keras_spark.binding import bind_inputs, bind_labels
@@ -67,20 +67,6 @@ class WorstError(keras.metrics.Metric):
 
     def result(self):
         return keras.ops.convert_to_tensor(self.worst)
-
-
-class Shift(keras.layers.Layer):
-    """Not registered: travels only when passed as custom_objects={"Shift": Shift}."""
-
-    def __init__(self, offset=0.0, **kwargs):
-        super().__init__(**kwargs)
-        self.offset = offset
-
-    def call(self, x):
-        return x + self.offset
-
-    def get_config(self):
-        return dict(super().get_config(), offset=self.offset)
 
 
 def custom_model(features: int = 4, optimizer="adam") -> KerasSparkModel:

@@ -4,26 +4,12 @@ explainParams, Sequential models, an outputCol, custom objects, and one model fo
 import keras
 import numpy as np
 import pytest
-from builders import numeric_frame, regression_model
+from builders import Shift, numeric_frame, regression_model
 from ml_frames import classifier
 from pyspark.ml import Pipeline
 
 from keras_spark.ml import KerasEstimator, KerasModel
 from keras_spark.ml.estimator import model_to_keras_bytes
-
-
-class Shift(keras.layers.Layer):
-    """Not registered: the stages know it only through customObjects or the user's custom_object_scope."""
-
-    def __init__(self, offset=0.0, **kwargs):
-        super().__init__(**kwargs)
-        self.offset = offset
-
-    def call(self, x):
-        return x + self.offset
-
-    def get_config(self):
-        return dict(super().get_config(), offset=self.offset)
 
 
 def _example_values() -> dict:
