@@ -59,8 +59,8 @@ def ship_environment(spark, archive: str | None = None, *, name: str = ENVIRONME
     """Make the session's executors run keras-spark's jobs in a packed environment.
 
     Args:
-        spark (pyspark.sql.SparkSession): a classic session whose master is a cluster (`local-cluster`, standalone, YARN,
-            Kubernetes) or a Spark Connect session.
+        spark (pyspark.sql.SparkSession): a classic session whose master is a cluster (`local-cluster`,
+            standalone, YARN, Kubernetes) or a Spark Connect session.
         archive (str | None): a `.tar.gz`/`.zip` made by `pack_environment`, venv-pack or conda-pack
             (default: `pack_environment()` of this interpreter's environment).
         name (str): the directory the archive unpacks into on each executor.

@@ -87,8 +87,11 @@ def check_classes_resolve(model_bytes: bytes, objects: dict) -> None:
     with zipfile.ZipFile(io.BytesIO(model_bytes)) as archive:
         config = json.loads(archive.read("config.json"))
     config.pop("compile_config", None)  # scoring loads without it; a fit's compile is the user's to check
+    lookup = _keras_class_lookup()
+    if lookup is None:  # another Keras: the executors' own load reports it, as before this check
+        return
     with keras.saving.custom_object_scope(objects):  # the executor's scope: the user's is not there
-        missing = sorted(set(_unresolved(config, objects)))
+        missing = sorted(set(_unresolved(config, objects, lookup)))
     if missing:
         names = ", ".join(f"'{name}' ({module}.{name})" for name, module in missing)
         example = ", ".join(f"'{name}': {name}" for name, _ in missing)
@@ -99,13 +102,30 @@ def check_classes_resolve(model_bytes: bytes, objects: dict) -> None:
         )
 
 
-def _unresolved(node, objects: dict):
-    """(class name, module) of every class or function config in `node` that Keras cannot look up."""
-    from keras.src.saving.serialization_lib import _retrieve_class_or_fn  # how load_model looks classes up
+_LOOKUP_PARAMETERS = ["name", "registered_name", "module", "obj_type", "full_config", "custom_objects"]
 
+
+def _keras_class_lookup():
+    """Keras's own class lookup (what load_model uses), or None where this Keras has another one.
+
+    It is private to Keras, so its signature is checked first: a changed one must not make every
+    model look unloadable.
+    """
+    import inspect
+
+    try:
+        from keras.src.saving.serialization_lib import _retrieve_class_or_fn
+    except ImportError:
+        return None
+    parameters = list(inspect.signature(_retrieve_class_or_fn).parameters)
+    return _retrieve_class_or_fn if parameters == _LOOKUP_PARAMETERS else None
+
+
+def _unresolved(node, objects: dict, lookup):
+    """(class name, module) of every class or function config in `node` that Keras cannot look up."""
     if isinstance(node, list):
         for item in node:
-            yield from _unresolved(item, objects)
+            yield from _unresolved(item, objects, lookup)
         return
     if not isinstance(node, dict):
         return
@@ -114,12 +134,12 @@ def _unresolved(node, objects: dict):
         function = name == "function"
         if not function or isinstance(inner, str):
             try:
-                _retrieve_class_or_fn(inner if function else name, node.get("registered_name", name),
-                                      node["module"], "function" if function else "class", node, objects)
+                lookup(inner if function else name, node.get("registered_name", name),
+                       node["module"], "function" if function else "class", node, objects)
             except (TypeError, ValueError):
                 yield (inner if function else name), node["module"]
     for value in node.values():
-        yield from _unresolved(value, objects)
+        yield from _unresolved(value, objects, lookup)
 
 
 def _is_keras_spark(obj) -> bool:
