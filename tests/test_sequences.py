@@ -159,6 +159,26 @@ def test_bucketing_groups_similar_lengths_and_visits_every_row_once_an_epoch(tmp
 
 
 @pytest.mark.backend_independent
+def test_merged_bucket_tails_leave_one_part_filled_batch_an_epoch(tmp_path):
+    lengths = np.random.default_rng(2).integers(1, 60, 500)
+    summary, parts = _ragged_cache(tmp_path, lengths)
+    boundaries = [10, 20, 40]
+    pipeline = _open(summary, parts, 16, bucket_column=0, bucket_boundaries=boundaries, merge_bucket_tails=True)
+    counts = np.bincount(np.searchsorted(boundaries, lengths, side="right"), minlength=4)
+    assert pipeline.steps_per_epoch == sum(c // 16 for c in counts) + -(-sum(c % 16 for c in counts) // 16)
+    for _ in range(2):
+        seen, sizes = [], []
+        for _ in range(pipeline.steps_per_epoch):
+            tokens, ids = pipeline.next()
+            assert tokens.shape[1] == lengths[ids].max()
+            seen += ids.tolist()
+            sizes.append(len(ids))
+        assert sorted(seen) == list(range(500))
+        assert sizes[:-1] == [16] * (len(sizes) - 1)  # only the epoch's last batch is part-filled
+    pipeline.close()
+
+
+@pytest.mark.backend_independent
 def test_padding_fraction_falls_with_bucketing():
     lengths = np.random.default_rng(3).integers(1, 100, 4000)
     plain = sequences.padding_fraction(lengths, 32)
