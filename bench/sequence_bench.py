@@ -9,6 +9,14 @@ model (Embedding -> Conv1D -> GlobalMaxPooling1D -> Dense) on the same rows:
 - keras-spark bucketed: the same with bucket_by_length=True.
 Figures: rows/s of the later epochs (median), the padding fraction of each.
 
+Shapes (`--shapes`, one backend a process, KERAS_BACKEND picks it): the fit of issue 22 item 4,
+2,400 token rows of length 1..50 (uniform), Embedding -> LSTM(16) -> Dense, batch 64,
+bucket_by_length=True, 4 epochs: the whole fit's seconds, the distinct batch shapes the model was fed
+and the padding fraction (JAX compiles a step per shape).
+
+    KERAS_BACKEND=jax python bench/sequence_bench.py --shapes
+    KERAS_BACKEND=tensorflow python bench/sequence_bench.py --shapes
+
 Strings: 200,000 strings of a Spark batch to a tf.string tensor, three ways: the core's padded
 bytes viewed as NumPy `S<n>` then tf.constant (what keras-spark does), pyarrow's to_numpy (one
 Python object a row) then tf.constant, and offsets + bytes cut by tf.strings.substr.
@@ -114,12 +122,61 @@ def strings_to_tensor(n: int = 200_000):
     return figures
 
 
+def uniform_tokens(spark, rows: int, longest: int = 50):
+    from pyspark.sql import functions as F
+
+    length = (F.col("id") * 7919 % longest + 1).cast("int")  # every length 1..longest, evenly
+    return (
+        spark.range(rows, numPartitions=4).select(F.col("id"), length.alias("n"))
+        .withColumn("tokens", F.transform(F.sequence(F.lit(1), F.col("n")),
+                                          lambda s: (F.abs(F.hash(F.col("id"), s)) % (VOCAB - 1) + 1).cast("int")))
+        .withColumn("label", (F.col("n") > longest // 2).cast("float"))
+        .drop("n")
+    )
+
+
+def lstm_model():
+    import keras
+
+    from keras_spark.models import KerasSparkModel
+
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
+    h = keras.layers.LSTM(16)(keras.layers.Embedding(VOCAB, 16, mask_zero=True)(tokens))
+    m = KerasSparkModel(tokens, keras.layers.Dense(1, activation="sigmoid", name="label")(h))
+    m.compile("adam", "binary_crossentropy")
+    return m
+
+
+def fit_shapes(spark, rows: int, epochs: int) -> dict:
+    import keras
+
+    df = uniform_tokens(spark, rows).cache()
+    df.count()
+    m, timer = lstm_model(), EpochTimer()
+    start = time.perf_counter()
+    m.fit(df, batch_size=BATCH, epochs=epochs, callbacks=[timer], verbose=0, bucket_by_length=True)
+    stats = m.data_stats
+    return {"backend": keras.backend.backend(), "rows": rows, "epochs": epochs, "batch_size": BATCH,
+            "fit_s": time.perf_counter() - start, "epoch_s": timer.times,
+            "spark_pass_s": stats["spark_pass_s"], "train_s": stats["train_s"],
+            "distinct_shapes": stats.get("distinct_shapes"), "padding_fraction": stats["padding_fraction"],
+            "bucket_boundaries": stats["bucket_boundaries"]}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--shapes", action="store_true", help="only the LSTM fit of issue 22 item 4 (see above)")
+    parser.add_argument("--label", default="", help="--shapes: a suffix for the result file (e.g. before, after)")
     args = parser.parse_args()
     spark = spark_session("bench-sequences")
+    if args.shapes:
+        figures = fit_shapes(spark, 2400, 4)
+        emit(f"sequence_shapes_{figures['backend']}{'_' + args.label if args.label else ''}", figures)
+        spark.stop()
+        return
     df = token_frame(spark, args.rows).cache()
     table = df.select("tokens", "label").toArrow()
     rows = table.column("tokens").to_pylist()

@@ -116,6 +116,9 @@ def _expect_refusal(spark, match, **fit_kwargs):
                     reason="needs a process whose Keras backend is not JAX: runs in the tensorflow and torch passes")
 def test_backends_other_than_jax_get_a_clear_error(spark):
     _expect_refusal(spark, "JAX backend only.*KERAS_BACKEND=jax", num_workers=2, batch_size=32)
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":  # says why, and what to do
+        _expect_refusal(spark, "no dependable multi-worker engine on TensorFlow.*keras-team/keras#20585.*"
+                        "KERAS_BACKEND=jax.*no TensorFlow-only layers", num_workers=2, batch_size=32)
 
 
 def test_bad_num_workers_are_refused(spark):

@@ -159,6 +159,26 @@ def test_bucketing_groups_similar_lengths_and_visits_every_row_once_an_epoch(tmp
 
 
 @pytest.mark.backend_independent
+def test_merged_bucket_tails_leave_one_part_filled_batch_an_epoch(tmp_path):
+    lengths = np.random.default_rng(2).integers(1, 60, 500)
+    summary, parts = _ragged_cache(tmp_path, lengths)
+    boundaries = [10, 20, 40]
+    pipeline = _open(summary, parts, 16, bucket_column=0, bucket_boundaries=boundaries, merge_bucket_tails=True)
+    counts = np.bincount(np.searchsorted(boundaries, lengths, side="right"), minlength=4)
+    assert pipeline.steps_per_epoch == sum(c // 16 for c in counts) + -(-sum(c % 16 for c in counts) // 16)
+    for _ in range(2):
+        seen, sizes = [], []
+        for _ in range(pipeline.steps_per_epoch):
+            tokens, ids = pipeline.next()
+            assert tokens.shape[1] == lengths[ids].max()
+            seen += ids.tolist()
+            sizes.append(len(ids))
+        assert sorted(seen) == list(range(500))
+        assert sizes[:-1] == [16] * (len(sizes) - 1)  # only the epoch's last batch is part-filled
+    pipeline.close()
+
+
+@pytest.mark.backend_independent
 def test_padding_fraction_falls_with_bucketing():
     lengths = np.random.default_rng(3).integers(1, 100, 4000)
     plain = sequences.padding_fraction(lengths, 32)
@@ -259,3 +279,56 @@ def test_fit_and_evaluate_feed_every_row_once_an_epoch(spark, bucket_by_length):
     assert model.data_stats["rows"] == 2 * 600
     _, rows = model.evaluate(df, batch_size=32, verbose=0, bucket_by_length=bucket_by_length)
     assert rows == 600
+
+
+# -- few batch shapes for JAX, which compiles a step per shape -----------------------------------
+@pytest.mark.parametrize("bucket_by_length", [False, True], ids=["unbucketed", "bucketed"])
+def test_a_jax_fit_sees_few_batch_shapes_and_every_row_once_an_epoch(spark, bucket_by_length):
+    df = _lengths_frame(spark, 600)
+    model = _classifier()
+    model.compile("adam", "binary_crossentropy", metrics=[RowsSeen()])
+    history = model.fit(df, batch_size=32, epochs=2, verbose=0, bucket_by_length=bucket_by_length)
+    assert history.history["rows_seen"] == [600, 600]
+    stats = model.data_stats
+    assert 0 < stats["padding_fraction"] < 1
+    if keras.backend.backend() == "jax":  # each bucket's longest (or 8, 16, 32, 50), and the epoch's last batch
+        assert stats["distinct_shapes"] <= (len(stats["bucket_boundaries"]) + 2 if bucket_by_length else 5)
+    else:  # the other backends keep each batch padded to its own longest row
+        assert stats["distinct_shapes"] >= 1
+
+
+def _masked_lstm():
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
+    hidden = keras.layers.LSTM(4)(keras.layers.Embedding(20, 4, mask_zero=True)(tokens))
+    model = KerasSparkModel(tokens, keras.layers.Dense(1, activation="sigmoid", name="label")(hidden))
+    model.compile("adam", "binary_crossentropy")
+    return model
+
+
+@pytest.mark.session_independent
+def test_steps_padded_for_few_shapes_are_masked_as_the_cores(spark, monkeypatch):
+    df = _lengths_frame(spark, 300)
+    model = _masked_lstm()
+    laddered = model.evaluate(df, batch_size=32, verbose=0, bucket_by_length=True)
+    monkeypatch.setattr(sequences, "compiles_per_shape", lambda: False)
+    each_batch_its_longest = model.evaluate(df, batch_size=32, verbose=0, bucket_by_length=True)
+    assert laddered == pytest.approx(each_batch_its_longest, rel=1e-5)
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("padding", ["pre", "post"])
+def test_the_step_ladder_pads_with_pad_value_to_the_next_length(padding):
+    from types import SimpleNamespace
+
+    options = sequences.SequenceOptions(padding=padding, pad_value=-1)
+    bindings = [SimpleNamespace(kind=sequences.SEQUENCE, sequence=options),
+                SimpleNamespace(kind="dense", sequence=None)]
+    ladder = sequences.StepLadder(bindings, np.array([4, 8]), batch_size=2)
+    tokens, label = np.array([[1, 2, 3], [4, 5, -1]], np.int32), np.zeros((2, 1), np.float32)
+    padded, same = ladder([tokens.copy(), label])
+    expected = [[1, 2, 3, -1], [4, 5, -1, -1]] if padding == "post" else [[-1, 1, 2, 3], [-1, 4, 5, -1]]
+    np.testing.assert_array_equal(padded, expected)
+    assert same is label and ladder.extra_steps == 2
+    assert ladder([np.ones((1, 8), np.int32), label[:1]])[0].shape == (1, 8)  # the longest: as it comes
+    assert ladder.shapes == {(2, ((4,), (1,))), (1, ((8,), (1,)))}

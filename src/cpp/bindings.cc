@@ -268,10 +268,11 @@ class PyPipeline {
              const std::vector<std::vector<std::tuple<int64_t, int64_t, int64_t>>>& partitions, int64_t batch_size,
              bool shuffle, uint64_t seed, int cycle_length, int num_threads, int prefetch, int64_t first_epoch,
              const std::vector<RaggedPad>& ragged, int bucket_column, const std::vector<int64_t>& bucket_boundaries,
-             const std::string& sparse_index_dtype, bool sparse_pad)
+             const std::string& sparse_index_dtype, bool sparse_pad, bool merge_bucket_tails)
       : pipeline_(chunk_files, layouts(columns, ragged), segments(partitions),
                   PipelineOptions{batch_size, shuffle, seed, cycle_length, num_threads, prefetch, first_epoch,
-                                  bucket_column, bucket_boundaries, sparse_layout_of(sparse_index_dtype, sparse_pad)}) {}
+                                  bucket_column, bucket_boundaries, merge_bucket_tails,
+                                  sparse_layout_of(sparse_index_dtype, sparse_pad)}) {}
 
   nb::list next() {
     Batch batch;
@@ -386,15 +387,16 @@ NB_MODULE(_core, m) {
       .def(nb::init<const std::vector<std::vector<std::string>>&, const std::vector<nb::tuple>&,
                     const std::vector<std::vector<std::tuple<int64_t, int64_t, int64_t>>>&, int64_t, bool, uint64_t,
                     int, int, int, int64_t, const std::vector<RaggedPad>&, int, const std::vector<int64_t>&,
-                    const std::string&, bool>(),
+                    const std::string&, bool, bool>(),
            nb::arg("chunk_files"), nb::arg("columns"), nb::arg("partitions"), nb::kw_only(), nb::arg("batch_size"),
            nb::arg("shuffle"), nb::arg("seed"), nb::arg("cycle_length"), nb::arg("num_threads"),
            nb::arg("prefetch"), nb::arg("first_epoch") = 0, nb::arg("ragged") = std::vector<RaggedPad>{},
            nb::arg("bucket_column") = -1, nb::arg("bucket_boundaries") = std::vector<int64_t>{},
            nb::arg("sparse_index_dtype") = "int64",
-           nb::arg("sparse_pad") = false,
+           nb::arg("sparse_pad") = false, nb::arg("merge_bucket_tails") = false,
            "Endless shuffled, interleaved batches of the (dtype, shape[, kind]) cached columns, gathered on\n"
-           "background threads; a 'sparse' column comes as (indices [n, 2], values [n], (rows, width)).")
+           "background threads; a 'sparse' column comes as (indices [n, 2], values [n], (rows, width)).\n"
+           "merge_bucket_tails: with buckets, the epoch's part-filled buckets are cut into full batches.")
       .def("next", &PyPipeline::next)
       .def("stats", &PyPipeline::stats)
       .def("close", &PyPipeline::close)

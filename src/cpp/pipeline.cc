@@ -171,8 +171,14 @@ void BatchPlanner::bucket_by(std::function<int64_t(uint64_t)> length, std::vecto
     for (const Segment& s : p)
       for (int64_t r = 0; r < s.count; ++r)
         ++counts[bucket_of((static_cast<uint64_t>(s.chunk) << kRowBits) | static_cast<uint64_t>(s.start + r))];
+  const int64_t batch = options_.batch_size;
   bucketed_steps_ = 0;
-  for (int64_t c : counts) bucketed_steps_ += (c + options_.batch_size - 1) / options_.batch_size;
+  int64_t rest = 0;
+  for (int64_t c : counts) {
+    bucketed_steps_ += options_.merge_bucket_tails ? c / batch : (c + batch - 1) / batch;
+    rest += c % batch;
+  }
+  if (options_.merge_bucket_tails) bucketed_steps_ += (rest + batch - 1) / batch;
 }
 
 size_t BatchPlanner::bucket_of(uint64_t row) const {
@@ -198,6 +204,14 @@ void BatchPlanner::next(std::vector<uint64_t>& rows) {
       auto& bucket = staged_[bucket_of(row)];
       bucket.push_back(row);
       if (static_cast<int64_t>(bucket.size()) == options_.batch_size) return rows.swap(bucket);
+    }
+    if (options_.merge_bucket_tails) {  // the epoch's last rows: the buckets in order, cut into batches
+      for (auto& bucket : staged_)
+        while (!bucket.empty() && static_cast<int64_t>(rows.size()) < options_.batch_size) {
+          rows.push_back(bucket.back());
+          bucket.pop_back();
+        }
+      return;
     }
     for (auto& bucket : staged_)  // the epoch's last rows: each part-filled bucket is a batch
       if (!bucket.empty()) return rows.swap(bucket);

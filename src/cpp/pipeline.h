@@ -50,6 +50,9 @@ struct PipelineOptions {
   int64_t first_epoch = 0;
   int bucket_column = -1;  // a ragged column whose row lengths group rows into buckets
   std::vector<int64_t> bucket_boundaries;
+  // Bucketing: the epoch's part-filled buckets are served as one row stream cut into full batches
+  // (one part-filled batch an epoch, not one a bucket), so a compiled step sees fewer batch shapes.
+  bool merge_bucket_tails = false;
   SparseLayout sparse_layout;  // how sparse columns' batches are laid out for the backend
 };
 

@@ -91,6 +91,7 @@ class BatchFeed:
         self._pipeline = None
         self.rows = cached.rows
         self._plan(sequences.row_groups(cached, self.batch_size * self.batches_per_pull))
+        self._shapes = sequences.StepLadder.for_cache(cached, self.batch_size, self.batch_size * self.batches_per_pull)
         self.columns = cached.column_specs()
         self._tensors = sparse.batch_converter(self.columns)
         names = [b.keras_name for b in cached.bindings]
@@ -162,7 +163,7 @@ class BatchFeed:
     def _next(self, reader: NativeHandle):
         raise_if_interrupted()  # a Ctrl-C that Keras swallowed (see shutdown.py)
         try:
-            return sequences.finish_arrays(reader.get().next(), self._cached.bindings)
+            return self._shapes(sequences.finish_arrays(reader.get().next(), self._cached.bindings))
         except RuntimeError:
             self._check_open()  # closed beside us: say so plainly
             raise
@@ -236,6 +237,8 @@ class BatchFeed:
         for stats in every:
             for key, value in stats.items():
                 total[key] = max(total.get(key, 0), value) if key == "threads" else total.get(key, 0) + value
+        total["padded_steps"] = total.get("padded_steps", 0) + self._shapes.extra_steps
+        total["distinct_shapes"] = len(self._shapes.shapes)
         # On an accelerator, the step's wait for data on the device; on CPU, its wait for the core.
         total["device_wait_s"] = self.device_wait.seconds if self.device_wait.on_device else \
             total.get("consumer_wait_s", 0.0)

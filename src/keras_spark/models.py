@@ -127,8 +127,9 @@ class KerasSparkModel(keras.Model):
             keras.callbacks.History: Keras's History. `model.data_stats` (dict) then says where the
                 time went and what was trained: `spark_pass_s`, `train_s`, `consumer_wait_s`, `rows` (rows
                 in the steps Keras completed), `rows_prefetched`, `partitions`, `partition_ids_made`,
-                `cache_path`, and the padding figures of sequence columns. With `verbose` on, fit prints
-                it in one line.
+                `cache_path`, `distinct_shapes` (int: the distinct batch shapes fed; JAX compiles a step for
+                each), and the padding figures of sequence columns (`padding_fraction`, float: pad steps /
+                all steps served). With `verbose` on, fit prints it in one line.
 
         Raises:
             keras_spark.errors.BindingError: a column is missing or cannot feed its input (before Spark runs).

@@ -15,6 +15,12 @@ in the manner of `keras.utils.pad_sequences`:
 - `bucket_by_length`: True (boundaries from the length quantiles) or a list of boundaries: rows
   of similar length are batched together, as tf.data's `bucket_by_sequence_length`.
 
+Under JAX, which compiles one training step per input shape, a fit or evaluate pads each batch's
+steps further, to one of a few lengths (`StepLadder`: each bucket's longest, or powers of two up to
+the longest row), with the same `pad_value` and `padding`; its automatic buckets are fewer (at most
+`COMPILED_MAX_BUCKETS`) and the buckets' part-filled batches of an epoch are merged, so a fit compiles a
+handful of steps instead of one a batch. `model.data_stats["distinct_shapes"]` counts the batch shapes fed.
+
 A Keras input of dtype "string" (TensorFlow backend only) takes a `string` or `binary`
 column: the core pads each batch's bytes to its longest string and NumPy views them as
 fixed-width bytes (`S<n>`, no per-row Python), which TensorFlow takes as a `tf.string` tensor.
@@ -32,6 +38,7 @@ from keras_spark.errors import BindingError, DataError
 
 SEQUENCE = "sequence"
 STRING = "string"
+COMPILED_MAX_BUCKETS = 4  # JAX: a compile costs ~a second on CPU, far more than a few padded steps
 _OPTION_NAMES = ("sequence_length", "padding", "truncating", "pad_value", "bucket_by_length")
 
 
@@ -196,13 +203,21 @@ def agree_on_shape(binding, seen: list[list[int]]) -> tuple[int, ...]:
     return (-1, *(distinct.pop() if distinct else binding.shape[1:]))
 
 
+def compiles_per_shape() -> bool:
+    """Whether the active backend compiles one step per input shape (JAX), so batches should take few shapes."""
+    import keras
+
+    return keras.backend.backend() == "jax"
+
+
 def pipeline_options(cached, batch_size: int) -> dict:
     """The core Pipeline's ragged/bucketing keywords for a cache."""
     ragged = [b.sequence.pad(i, b.kind == STRING) for i, b in enumerate(cached.bindings) if b.kind != "dense"]
     column = bucket_column(cached.bindings)
     if column is None:
         return dict(ragged=ragged)
-    return dict(ragged=ragged, bucket_column=column, bucket_boundaries=list(boundaries_of(cached, column, batch_size)))
+    return dict(ragged=ragged, bucket_column=column, bucket_boundaries=list(boundaries_of(cached, column, batch_size)),
+                merge_bucket_tails=compiles_per_shape())
 
 
 def bucket_column(bindings) -> int | None:
@@ -217,12 +232,16 @@ def row_groups(cached, pull_rows: int) -> list[int]:
     """Rows of each group the core cuts into pulls of `pull_rows`: every row, or each bucket's rows.
 
     A group's pull is cut when it fills; with buckets, each bucket's part-filled rest comes at the
-    epoch's end, in bucket order (src/cpp/pipeline.cc, BatchPlanner::next).
+    epoch's end, in bucket order (src/cpp/pipeline.cc, BatchPlanner::next), or, under JAX, the rests
+    together as one more group (merge_bucket_tails).
     """
     column = bucket_column(cached.bindings)
     if column is None or not cached.rows:
         return [cached.rows]
-    return bucket_counts(cached, column, boundaries_of(cached, column, pull_rows))
+    counts = bucket_counts(cached, column, boundaries_of(cached, column, pull_rows))
+    if not compiles_per_shape():
+        return counts
+    return [c - c % pull_rows for c in counts] + [sum(c % pull_rows for c in counts)]
 
 
 def bucket_counts(cached, column: int, boundaries) -> list[int]:
@@ -248,15 +267,16 @@ def boundaries_of(cached, column: int, batch_size: int) -> tuple[int, ...]:
     buckets = cached.bindings[column].sequence.bucket_by_length
     if buckets is not True:
         return tuple(buckets)
-    return auto_boundaries(row_lengths(cached, column), batch_size)
+    return auto_boundaries(row_lengths(cached, column), batch_size,
+                           max_buckets=COMPILED_MAX_BUCKETS if compiles_per_shape() else 16)
 
 
-def auto_boundaries(lengths: np.ndarray, batch_size: int) -> tuple[int, ...]:
-    """Boundaries at length quantiles: up to 16 buckets, each with at least ~4 batches of rows.
+def auto_boundaries(lengths: np.ndarray, batch_size: int, max_buckets: int = 16) -> tuple[int, ...]:
+    """Boundaries at length quantiles: up to `max_buckets` buckets, each with at least ~4 batches of rows.
 
     A bucket's last batch of an epoch is part-filled, so few rows a bucket would mean many small steps.
     """
-    buckets = int(max(1, min(16, len(lengths) // (4 * batch_size))))
+    buckets = int(max(1, min(max_buckets, len(lengths) // (4 * batch_size))))
     if buckets == 1:
         return ()
     cuts = np.quantile(lengths, np.linspace(0, 1, buckets + 1)[1:-1], method="higher")
@@ -279,6 +299,63 @@ def as_strings(padded: np.ndarray, shape) -> np.ndarray:
     """
     rows, width = padded.shape
     return padded.view(f"S{width}").reshape((rows, *shape))
+
+
+class StepLadder:
+    """Pads each batch's steps to one of a few lengths, and counts the batch shapes served.
+
+    Under JAX (`compiles_per_shape`) the lengths are each bucket's longest (a boundary - 1) and the
+    longest row, or without buckets powers of two from 8 and the longest row; pad steps take the
+    column's `pad_value` on its `padding` side, as the core pads, so a masking model sees the same rows.
+    Elsewhere (`lengths` None) batches keep the core's shape and only their shapes are counted.
+
+    Attributes:
+        lengths (numpy.ndarray | None): the step lengths batches are padded to (ascending), or None.
+        extra_steps (int): pad steps added beyond the core's (rows x steps, summed over padded columns).
+        shapes (set[tuple]): each distinct batch's shapes (one tuple of array shapes a batch).
+    """
+
+    def __init__(self, bindings, lengths: np.ndarray | None, batch_size: int):
+        self.lengths, self.batch_size = lengths, batch_size
+        self.padded = [i for i, b in enumerate(bindings) if b.kind == SEQUENCE] if lengths is not None else []
+        self.options = [b.sequence for b in bindings]
+        self.extra_steps = 0
+        self.shapes: set[tuple] = set()
+
+    @classmethod
+    def for_cache(cls, cached, batch_size: int, pull_rows: int) -> StepLadder:
+        """The ladder of a cache's feed (`pull_rows` rows a pull from the core, cut into `batch_size` batches):
+        padding under JAX when its sequences have no fixed length."""
+        column = bucket_column(cached.bindings)
+        if column is None:
+            column = next((i for i, b in enumerate(cached.bindings) if b.kind == SEQUENCE and b.role == "input"), None)
+        if column is None or not cached.rows or not compiles_per_shape() \
+                or cached.bindings[column].sequence.sequence_length is not None:
+            return cls(cached.bindings, None, batch_size)
+        longest = int(row_lengths(cached, column).max())
+        if bucket_column(cached.bindings) is not None:
+            lengths = [b - 1 for b in boundaries_of(cached, column, pull_rows)]
+        else:
+            lengths = [1 << p for p in range(3, max(3, longest.bit_length()))]
+        return cls(cached.bindings, np.unique([n for n in lengths if 1 <= n < longest] + [longest]), batch_size)
+
+    def __call__(self, arrays: list) -> list:
+        for i in self.padded:
+            steps = arrays[i].shape[1]
+            at = int(np.searchsorted(self.lengths, steps))
+            if at < len(self.lengths) and self.lengths[at] > steps:
+                arrays[i] = self._pad(arrays[i], int(self.lengths[at]) - steps, self.options[i])
+        rows = next((len(a) for a in arrays if isinstance(a, np.ndarray)), 0)  # a sparse column is a tuple
+        rest = tuple(tuple(getattr(a, "shape", ())[1:]) for a in arrays)
+        for start in range(0, rows, self.batch_size):  # a TensorFlow pull is cut into batches in tf.data
+            self.shapes.add((min(self.batch_size, rows - start), rest))
+        return arrays
+
+    def _pad(self, array: np.ndarray, extra: int, options: SequenceOptions) -> np.ndarray:
+        widths = [(0, 0)] * array.ndim
+        widths[1] = (extra, 0) if options.padding == "pre" else (0, extra)
+        self.extra_steps += extra * len(array)
+        return np.pad(array, widths, constant_values=np.asarray(options.pad_value).astype(array.dtype))
 
 
 def tensor_spec(binding, dtype: str, shape):
@@ -349,13 +426,16 @@ def padding_fraction(lengths: np.ndarray, batch_size: int, *, sequence_length: i
 
 
 def padding_stats(cached, batch_size: int, served: dict) -> dict:
-    """model.data_stats figures: the padding fraction served, and one epoch's with and without bucketing."""
+    """model.data_stats figures: the padding fraction served, and one epoch's with and without bucketing.
+
+    The estimates pad each batch to its own longest row (the core's padding, not JAX's `StepLadder`).
+    """
     column = next((i for i, b in enumerate(cached.bindings) if b.kind == SEQUENCE and b.role == "input"), None)
     if column is None:
         return {}
     lengths = row_lengths(cached, column)
     options = cached.bindings[column].sequence
-    bounds = auto_boundaries(lengths, batch_size) if options.bucket_by_length is True else options.bucket_by_length
+    bounds = boundaries_of(cached, column, batch_size) if options.bucket_by_length is not False else ()
     fixed = options.sequence_length
     padded = served.get("padded_steps", 0)
     return {

@@ -94,16 +94,26 @@ def routing_keys(num_workers: int) -> list[int]:
 
 
 # -- the driver --------------------------------------------------------------------------
+def _backend_refusal(num_workers: int, backend: str) -> str:
+    """Why `num_workers > 1` is refused on `backend`, and what to do instead."""
+    start = (f"num_workers={num_workers} trains through keras.distribution, which runs multi-process data "
+             f"parallelism on the JAX backend only; this process runs Keras on '{backend}'. ")
+    if backend == "tensorflow":
+        why = ("Keras 3 has no dependable multi-worker engine on TensorFlow: its MultiWorkerMirroredStrategy "
+               "code path has no tests in Keras and multi-worker training is an open issue "
+               "(keras-team/keras#20585). ")
+    else:
+        why = f"keras-spark does not run '{backend}' data parallelism across workers yet. "
+    return (start + why + "Train the same model under KERAS_BACKEND=jax (set before keras is imported) when it has "
+            "no TensorFlow-only layers (StringLookup, TextVectorization on strings, tf.* ops), or leave "
+            "num_workers=1 to train on the driver")
+
+
 def check_distributed(spark, *, num_workers: int, batch_size: int, backend: str, validation_data,
                       validation_batch_size: int) -> None:
     """Everything that can be refused before Spark runs."""
     if backend != "jax":
-        raise ValueError(
-            f"num_workers={num_workers} trains through keras.distribution, which runs multi-process data "
-            f"parallelism on the JAX backend only; this process runs Keras on '{backend}'. Set "
-            f"KERAS_BACKEND=jax (TensorFlow's MultiWorkerMirroredStrategy and PyTorch DDP are not supported "
-            f"by keras-spark yet), or leave num_workers=1 to train on the driver"
-        )
+        raise ValueError(_backend_refusal(num_workers, backend))
     for name, size in (("batch_size", batch_size), ("validation_batch_size", validation_batch_size)):
         if size % num_workers:
             raise ValueError(
