@@ -48,12 +48,6 @@ def test_missing_label_column(frame):
 
 @pytest.mark.backend_independent
 @pytest.mark.session_independent
-def test_missing_partition_column(frame):
-    _fit_fails(_model(), frame.drop("partition_id"), BindingError, "'partition_id'")
-
-
-@pytest.mark.backend_independent
-@pytest.mark.session_independent
 def test_unnamed_input_matches_no_column(frame):
     x = keras.Input(shape=(4,))
     model = KerasSparkModel(x, keras.layers.Dense(1, name="y")(x))

@@ -40,8 +40,9 @@ def _run_example(name: str, *args: str, tmp_path: Path) -> str:
 
     # The keras_spark this test imported (an installed wheel, or src/ with an in-place core).
     package_root = str(Path(keras_spark.__file__).parents[1])
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TMPDIR=str(tmp_path),
-               PYTHONPATH=os.pathsep.join([package_root, *sys.path]))
+    # An example makes its own local session, even when the suite's Connect tests set SPARK_REMOTE.
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")}
+    env.update(KERAS_BACKEND="tensorflow", TMPDIR=str(tmp_path), PYTHONPATH=os.pathsep.join([package_root, *sys.path]))
     done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

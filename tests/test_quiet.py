@@ -51,7 +51,8 @@ SMALL_FIT = textwrap.dedent("""
 
 
 def test_a_small_fit_and_predict_print_no_tensorflow_start_up_lines(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", quiet.VERBOSE_ENV)}
+    env = {k: v for k, v in os.environ.items()  # a local session of its own, whatever session the suite is on
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", quiet.VERBOSE_ENV, "SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")}
     env.update(KERAS_BACKEND="tensorflow", PYTHONPATH=os.pathsep.join([str(Path(quiet.__file__).parents[1])]
                                                                        + sys.path))
     done = subprocess.run([sys.executable, "-c", SMALL_FIT], env=env, cwd=tmp_path, capture_output=True,
