@@ -43,16 +43,21 @@ def custom_objects_for(model_bytes: bytes, explicit: dict | None = None) -> dict
     ("package>Name"); those the model never names are left behind, so an unrelated
     registration (another library's, or an unpicklable one) costs nothing.
     """
+    import keras
+
+    known = {**keras.saving.get_custom_objects(), **scoped_custom_objects()}
+    named = {key: obj for key, obj in named_in(model_bytes, known).items() if not _is_keras_spark(obj)}
+    return {**named, **dict(explicit or {})}
+
+
+def named_in(model_bytes: bytes, objects: dict) -> dict:
+    """Those of `objects` whose name the model's saved config holds (a class, function or registered name)."""
     import io
     import zipfile
 
-    import keras
-
     with zipfile.ZipFile(io.BytesIO(model_bytes)) as archive:
         config = archive.read("config.json").decode("utf-8")
-    known = {**keras.saving.get_custom_objects(), **scoped_custom_objects()}
-    named = {key: obj for key, obj in known.items() if f'"{key}"' in config and not _is_keras_spark(obj)}
-    return {**named, **dict(explicit or {})}
+    return {key: obj for key, obj in objects.items() if f'"{key}"' in config}
 
 
 def scoped_custom_objects() -> dict:

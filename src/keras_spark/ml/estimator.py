@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from keras_spark.errors import BindingError, DataError
-from keras_spark.ml.custom_objects import for_opening, for_shipping
+from keras_spark.ml.custom_objects import for_shipping
 from keras_spark.ml.outputs import flatten_outputs
 from keras_spark.ml.params import KerasScoringParams, KerasTrainingParams
 
@@ -42,7 +42,7 @@ def model_to_keras_bytes(model, custom_objects: dict | None = None) -> bytes:
     """
     import keras
 
-    from keras_spark.model_package import model_to_bytes
+    from keras_spark.model_package import custom_object_scope, model_to_bytes
     from keras_spark.models import as_keras_spark_model
 
     if not isinstance(model, keras.Model):
@@ -50,7 +50,7 @@ def model_to_keras_bytes(model, custom_objects: dict | None = None) -> bytes:
     if not model.compiled:
         raise ValueError("model is not compiled: call model.compile(optimizer, loss, ...) before giving it to "
                          "KerasEstimator (the estimator trains it with fit)")
-    with keras.saving.custom_object_scope(for_opening(custom_objects or {})):
+    with custom_object_scope(custom_objects):  # added to the user's active scope
         if isinstance(model, keras.Sequential):
             model = functional_from_sequential(model)
         model = as_keras_spark_model(model)
@@ -89,7 +89,7 @@ def keras_model_from_bytes(model_bytes: bytes, custom_objects: dict | None = Non
     from keras_spark.models import as_keras_spark_model
 
     with _LOADING:
-        return as_keras_spark_model(model_from_bytes(model_bytes, custom_objects=for_opening(custom_objects or {})))
+        return as_keras_spark_model(model_from_bytes(model_bytes, custom_objects=custom_objects))
 
 
 def _with_keras_names(df, mapping: dict):
@@ -205,11 +205,10 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
     def _for_training(self, df, mapping: dict, model):
         df, added = _with_keras_names(df, mapping)
         df = _class_ids_as_integers(df, model)
-        partition_col = self.getOrDefault(self.partitionCol)
-        if partition_col not in df.columns:
-            ids = F.pmod(F.xxhash64(F.monotonically_increasing_id(), F.lit(self.getOrDefault(self.seed))),
-                         F.lit(self.getOrDefault(self.numPartitions)))
-            df = df.withColumn(partition_col, ids.cast("int"))
+        from keras_spark.spark.training import with_partition_ids
+
+        df, _ = with_partition_ids(df, self.getOrDefault(self.partitionCol), seed=self.getOrDefault(self.seed),
+                                   count=self.getOrDefault(self.numPartitions))
         return df, added
 
     def write(self):

@@ -26,16 +26,17 @@ MADE_PARTITION_IDS = 8
 """int: partition ids fit/evaluate make when the DataFrame has no `partition_col` column (as KerasEstimator)."""
 
 
-def with_partition_ids(df, partition_col: str, seed: int = 0):
-    """`df` with `partition_col` made from a hash of each row's id into MADE_PARTITION_IDS ids, when it has none.
+def with_partition_ids(df, partition_col: str, seed: int = 0, count: int = MADE_PARTITION_IDS):
+    """`df` with `partition_col` made from a hash of each row's id into `count` ids, when it has none.
 
-    Returns (DataFrame, whether the ids were made). A column that exists is used as it is.
+    Returns (DataFrame, whether the ids were made). A column that exists is used as it is. fit, evaluate
+    and KerasEstimator (its `numPartitions` and `seed`) make ids this one way.
     """
     if partition_col in df.columns:
         return df, False
     from pyspark.sql import functions as F
 
-    ids = F.pmod(F.xxhash64(F.monotonically_increasing_id(), F.lit(seed)), F.lit(MADE_PARTITION_IDS))
+    ids = F.pmod(F.xxhash64(F.monotonically_increasing_id(), F.lit(seed)), F.lit(count))
     return df.withColumn(partition_col, ids.cast("int")), True
 
 
