@@ -270,33 +270,24 @@ def _lengths_frame(spark, rows):
 
 @pytest.mark.session_independent
 @pytest.mark.parametrize("bucket_by_length", [False, True], ids=["unbucketed", "bucketed"])
-def test_fit_and_evaluate_feed_every_row_once_an_epoch(spark, bucket_by_length):
-    df = _lengths_frame(spark, 600)
-    model = _classifier()
-    model.compile("adam", "binary_crossentropy", metrics=[RowsSeen()])
-    history = model.fit(df, batch_size=32, epochs=2, verbose=0, bucket_by_length=bucket_by_length)
-    assert history.history["rows_seen"] == [600, 600]
-    assert model.data_stats["rows"] == 2 * 600
-    _, rows = model.evaluate(df, batch_size=32, verbose=0, bucket_by_length=bucket_by_length)
-    assert rows == 600
-
-
-# -- few batch shapes for JAX, which compiles a step per shape -----------------------------------
-@pytest.mark.parametrize("bucket_by_length", [False, True], ids=["unbucketed", "bucketed"])
-def test_a_jax_fit_sees_few_batch_shapes_and_every_row_once_an_epoch(spark, bucket_by_length):
+def test_fit_and_evaluate_feed_every_row_once_an_epoch_in_few_shapes_under_jax(spark, bucket_by_length):
     df = _lengths_frame(spark, 600)
     model = _classifier()
     model.compile("adam", "binary_crossentropy", metrics=[RowsSeen()])
     history = model.fit(df, batch_size=32, epochs=2, verbose=0, bucket_by_length=bucket_by_length)
     assert history.history["rows_seen"] == [600, 600]
     stats = model.data_stats
+    assert stats["rows"] == 2 * 600
     assert 0 < stats["padding_fraction"] < 1
-    if keras.backend.backend() == "jax":  # each bucket's longest (or 8, 16, 32, 50), and the epoch's last batch
+    if keras.backend.backend() == "jax":  # few shapes: each bucket's longest (or 8, 16, 32, 50), the last batch
         assert stats["distinct_shapes"] <= (len(stats["bucket_boundaries"]) + 2 if bucket_by_length else 5)
     else:  # the other backends keep each batch padded to its own longest row
         assert stats["distinct_shapes"] >= 1
+    _, rows = model.evaluate(df, batch_size=32, verbose=0, bucket_by_length=bucket_by_length)
+    assert rows == 600
 
 
+# -- few batch shapes for JAX, which compiles a step per shape (counted in the test above) ---------------
 def _masked_lstm():
     keras.utils.set_random_seed(0)
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
