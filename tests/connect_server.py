@@ -74,7 +74,21 @@ def installed_paths() -> list[str]:
     return [p for p in paths if p]
 
 
-def mount_plan(keep: list[str], hold: str, tmp: str = "/tmp") -> list[str]:
+HIDDEN = "/tmp"  # what an isolated server does not share with its client, as a remote cluster would not
+
+
+def shared_scratch(prefix: str) -> str:
+    """A new directory both the client and an isolated server see: in the checkout, or in the home
+    directory where the checkout itself lies under the hidden /tmp (whatever TMPDIR says)."""
+    import tempfile
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parent.parent
+    under_hidden = checkout.is_relative_to(Path(HIDDEN).resolve())
+    return tempfile.mkdtemp(prefix=prefix, dir=Path.home() if under_hidden else checkout)
+
+
+def mount_plan(keep: list[str], hold: str, tmp: str = HIDDEN) -> list[str]:
     """Shell commands, run in the server's mount namespace, that put a private tmpfs on `tmp` and bind
     the `keep` paths under it back in (seen through `hold`, a bind of the old `tmp` outside it)."""
     tmp = os.path.realpath(tmp)

@@ -55,11 +55,9 @@ def test_predict_equals_keras_and_ships_the_model_once_per_session(isolated_conn
 
 @pytest.mark.backend_independent
 def test_a_cache_dir_both_sides_see_is_written_by_the_executors(spark):
-    # Outside /tmp, the one directory an isolated server does not share: the checkout, or the
-    # home directory where the checkout itself lives under /tmp.
-    checkout = Path(__file__).resolve().parent.parent
-    under_tmp = checkout.is_relative_to(Path(tempfile.gettempdir()).resolve())
-    shared = tempfile.mkdtemp(prefix="keras_spark_shared_", dir=Path.home() if under_tmp else checkout)
+    from connect_server import shared_scratch
+
+    shared = shared_scratch("keras_spark_shared_")  # outside /tmp, which an isolated server does not share
     try:
         model = regression_model()
         model.fit(numeric_frame(spark, 500, 2), batch_size=50, epochs=1, verbose=0, cache_dir=shared)

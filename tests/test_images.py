@@ -4,7 +4,6 @@ Decoding itself (pixels against Pillow, corrupt files, fuzzing) is tested in tes
 """
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import keras
@@ -45,9 +44,9 @@ def test_center_crop_matches_keras_center_crop(source):
 @pytest.fixture(scope="module")
 def image_folder():
     """40 PNG and JPEG files named label<k>_<i>, where a Connect server's executors read too (not /tmp)."""
-    checkout = Path(__file__).resolve().parent.parent
-    under_tmp = checkout.is_relative_to(Path(tempfile.gettempdir()).resolve())
-    folder = Path(tempfile.mkdtemp(prefix="keras_spark_images_", dir=Path.home() if under_tmp else checkout))
+    from connect_server import shared_scratch
+
+    folder = Path(shared_scratch("keras_spark_images_"))
     rng = np.random.default_rng(5)
     for i in range(40):
         label = i % 2
