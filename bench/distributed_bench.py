@@ -1,11 +1,12 @@
-"""fit(num_workers=1) on the driver vs fit(num_workers=2) in a Spark barrier stage, under JAX.
+"""fit(num_workers=1) on the driver vs fit(num_workers=2) in a Spark barrier stage, under JAX or PyTorch.
 
 Prints JSON for a small model (2k parameters) and a wide one (1.1M): rows/s of training
 (later epochs, from per-step wall times), the wall time of each whole fit (Spark passes and
-worker start-up included), one gradient-sized all-reduce between two JAX processes, and an
-estimate of 8 and 64 workers from those measured per-step costs.
+worker start-up included), one gradient-sized all-reduce between two processes of the backend's
+runtime (JAX's, or torch.distributed's gloo), and an estimate of 8 and 64 workers from those
+measured per-step costs.
 
-    python bench/distributed_bench.py [--rows 200000] [--epochs 3]
+    python bench/distributed_bench.py [--backend jax|torch] [--rows 200000] [--epochs 3]
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-os.environ["KERAS_BACKEND"] = "jax"
+# The backend is fixed per process and must be set before Keras is imported.
+BACKEND = sys.argv[sys.argv.index("--backend") + 1] if "--backend" in sys.argv else "jax"
+os.environ["KERAS_BACKEND"] = BACKEND
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import EpochTimer, emit, float_features, median, spark_session  # noqa: E402
@@ -78,7 +81,8 @@ def allreduce_seconds(sizes: list[int]) -> dict:
         s.bind(("", 0))
         port = s.getsockname()[1]
     probe = Path(__file__).with_name("allreduce_probe.py")
-    args = lambda rank: [sys.executable, str(probe), str(rank), "2", str(port), ",".join(map(str, sizes))]  # noqa: E731
+    args = lambda rank: [sys.executable, str(probe), BACKEND, str(rank), "2", str(port),  # noqa: E731
+                         ",".join(map(str, sizes))]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     peer = subprocess.Popen(args(1), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     chief = subprocess.run(args(0), env=env, capture_output=True, text=True, timeout=600, check=True)
@@ -120,6 +124,7 @@ def estimate(one: dict, two: dict, allreduce: dict, params: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--backend", choices=["jax", "torch"], default="jax")
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3)
@@ -127,7 +132,8 @@ def main():
     spark = spark_session("bench-distributed")
     df = float_features(spark, args.rows, FEATURES, args.partitions).cache()
     df.count()
-    figures = {"rows": args.rows, "features": FEATURES, "global_batch": BATCH, "epochs": args.epochs}
+    figures = {"backend": BACKEND, "rows": args.rows, "features": FEATURES, "global_batch": BATCH,
+               "epochs": args.epochs}
     for kind in HIDDEN:
         rows = args.rows if kind == "small" else args.rows // 10  # the wide model is ~500x the work a row
         data = df if kind == "small" else df.limit(rows).cache()
@@ -143,7 +149,7 @@ def main():
                        "fit_wall_2_vs_1": two["fit_wall_s"] / one["fit_wall_s"]},
             "estimate": estimate(one, two, allreduce, params),
         }
-    emit("distributed", figures)
+    emit(f"distributed_{BACKEND}", figures)
 
 
 if __name__ == "__main__":

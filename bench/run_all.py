@@ -70,15 +70,17 @@ def table() -> str:
         s = m["scaling"]
         lines.append(f"| W4 epoch time 2N / N | | | {s['time_2N_over_N']:.2f} | <= 2.1 |")
         lines.append(f"| W4 per-row cost, 1,024 / 16 ids | | | {s['ids_1024_over_16_per_row']:.2f} | <= 1.1 |")
-    d = load("distributed")
-    if d:
+    for backend in ("jax", "torch"):
+        d = load(f"distributed_{backend}")
+        if not d:
+            continue
         for kind in ("small", "wide"):
             r = d[kind]
             one, two = r["one_worker_driver"], r["two_workers_barrier"]
-            lines.append(f"| num_workers=2 vs 1, {kind} model ({r['params']:,} params), train rows/s | "
+            lines.append(f"| {backend}: num_workers=2 vs 1, {kind} model ({r['params']:,} params), train rows/s | "
                          f"{two['rows_per_s']:,.0f} | 1 worker {one['rows_per_s']:,.0f} | "
                          f"{r['ratios']['rows_per_s_2_vs_1']:.2f}x | |")
-            lines.append(f"| num_workers=2, {kind} model: all-reduce of the gradients (ms) | "
+            lines.append(f"| {backend}: num_workers=2, {kind} model: all-reduce of the gradients (ms) | "
                          f"{1e3 * r['allreduce_s_by_floats'][str(r['params'])]:.1f} | step {1e3 * two['step_s']:.1f} ms"
                          f" | {r['allreduce_share_of_2_worker_step']:.0%} of a step | |")
     return "\n".join(lines)
@@ -96,7 +98,8 @@ def main():
         run("fit_bench.py", "--workload", "w2", *(["--rows", "20000", "--repeat", "1"] if quick else []))
         run("predict_bench.py", *(["--rows", "30000", "--repeat", "1"] if quick else []))
         run("memory_bench.py", *(["--cap-gb", "0.1", "--scaling-rows", "50000"] if quick else []))
-        run("distributed_bench.py", *(["--rows", "50000", "--epochs", "2"] if quick else []))
+        for backend in ("jax", "torch"):
+            run("distributed_bench.py", "--backend", backend, *(["--rows", "50000", "--epochs", "2"] if quick else []))
         run("connect_bench.py", *(["--rows", "50000", "--big-model-mb", "100"] if quick else []))
     print(table())
 

@@ -79,12 +79,19 @@ def regression_model(features: int = 4) -> KerasSparkModel:
     return model
 
 
-# num_workers trains in JAX subprocesses whatever this process's backend, so its scenarios
-# run once, in the suite's KERAS_BACKEND=jax pass (the README's test command runs all three).
+# num_workers trains under JAX (keras.distribution) and PyTorch (torch.distributed): its scenarios run in
+# subprocesses of the pass's backend, in the suite's jax and torch passes (the README's test command runs all).
+DATA_PARALLEL_BACKENDS = ("jax", "torch")
+in_the_data_parallel_passes = pytest.mark.skipif(
+    os.environ.get("KERAS_BACKEND") not in DATA_PARALLEL_BACKENDS,
+    reason="num_workers trains under JAX and PyTorch only (TensorFlow is refused with its reason, "
+           "test_distributed): these scenarios run in the suite's jax and torch passes",
+)
+# What the engines share (the driver's checks, the stage's GPUs, callbacks on rank 0) runs once, under JAX.
 only_in_the_jax_pass = pytest.mark.skipif(
     os.environ.get("KERAS_BACKEND") != "jax",
-    reason="num_workers scenarios run in JAX subprocesses whatever this process's backend; "
-           "they run once, in the suite's KERAS_BACKEND=jax pass",
+    reason="num_workers behaviour that no engine changes (driver-side checks, the stage's GPU requests, "
+           "rank-0 callbacks); it runs once, in the suite's KERAS_BACKEND=jax pass",
 )
 
 

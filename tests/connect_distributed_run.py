@@ -1,4 +1,4 @@
-"""fit(num_workers=2) under JAX through a Spark Connect server (run by test_connect).
+"""fit(num_workers=2) under JAX or PyTorch (KERAS_BACKEND) through a Spark Connect server (run by test_connect).
 
 The server's URL comes in KERAS_SPARK_CONNECT_URL. Prints one JSON line per scenario:
 `RESULT {"name": ..., ...}`.
@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-os.environ["KERAS_BACKEND"] = "jax"
+os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
 
 import keras  # noqa: E402
@@ -37,9 +37,9 @@ def trains_with_validation():
 
 class FailAtEpoch1(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
-        import jax
+        from keras_spark import worker_rank
 
-        if epoch == 1 and jax.process_index() == 1:
+        if epoch == 1 and worker_rank() == 1:
             raise ValueError("this worker failed on purpose at epoch 1")
 
 

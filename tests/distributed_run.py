@@ -1,4 +1,4 @@
-"""fit(num_workers=2) scenarios under JAX in their own process (run by test_distributed).
+"""fit(num_workers=2) scenarios under JAX or PyTorch (KERAS_BACKEND) in their own process (run by test_distributed).
 
 Prints one JSON line per scenario: `RESULT {"name": ..., ...}`. The master is
 local-cluster[2,1,1024]: two executors, and a second attempt for a failed barrier stage.
@@ -16,7 +16,7 @@ from pathlib import Path
 for _name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED"):
     os.environ.pop(_name, None)
 
-os.environ["KERAS_BACKEND"] = "jax"
+os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ["PYSPARK_PYTHON"] = sys.executable
 # Executors and their training processes inherit these: a temporary directory of this run's
 # own (where the workers' caches go) and a tag that finds every process this run started.
@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from builders import frame_of_sizes, report  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
 
+from keras_spark import worker_rank  # noqa: E402
 from keras_spark.models import KerasSparkModel  # noqa: E402
 
 # Two executor JVMs of one core each: the closest this machine gets to a cluster. A failed
@@ -84,9 +85,7 @@ class RaiseOnRank1(keras.callbacks.Callback):
         self.stamp = stamp
 
     def on_epoch_end(self, epoch, logs=None):
-        import jax
-
-        if epoch == 1 and jax.process_index() == 1:
+        if epoch == 1 and worker_rank() == 1:
             with open(self.stamp, "w") as f:
                 f.write(repr(time.time()))
             raise ValueError("this worker failed on purpose at epoch 1")
@@ -145,9 +144,7 @@ class FailOnce(keras.callbacks.Callback):
         self.folder = folder
 
     def on_epoch_end(self, epoch, logs=None):
-        import jax
-
-        if jax.process_index() != 0:
+        if worker_rank() != 0:
             return
         with open(os.path.join(self.folder, "epochs.txt"), "a") as f:
             f.write(f"{epoch}\n")
@@ -166,6 +163,85 @@ def resume_after_failure():
     with open(os.path.join(folder, "epochs.txt")) as f:
         seen = [int(line) for line in f]
     report("resume_after_failure", epochs_seen=seen, history_epochs=h.epoch, loss=h.history["loss"])
+
+
+def sequence_frame(sizes, seed=0):
+    """Token rows of 1..30 ids (0 pads) and y = the mean token / 10, partition id i holding sizes[i] rows."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    pid = np.concatenate([np.full(s, i) for i, s in enumerate(sizes)])
+    rows = [rng.integers(1, 20, size=rng.integers(1, 31)).astype("int32") for _ in pid]
+    y = np.array([r.mean() / 10 for r in rows], "float32")
+    return spark.createDataFrame(pd.DataFrame({"tokens": rows, "y": y, "partition_id": pid}))
+
+
+def sequence_model():
+    keras.utils.set_random_seed(4)
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)  # the mask makes the fit blind to padding
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    m = KerasSparkModel(tokens, keras.layers.Dense(1, name="y")(h))
+    m.compile(keras.optimizers.SGD(0.1), "mse", metrics=["mae"])
+    return m
+
+
+def sequences():
+    """Variable-length rows: one worker and two end alike (padding is masked); bucketed, every row once."""
+    df, val = sequence_frame([300, 300, 300, 300]), sequence_frame([96, 96], seed=5)
+    one, two = sequence_model(), sequence_model()
+    kwargs = dict(batch_size=32, epochs=2, shuffle=False, num_parallel_calls=4, verbose=0, validation_data=val)
+    h1 = one.fit(df, **kwargs)
+    h2 = two.fit(df, num_workers=2, **kwargs)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(one.get_weights(), two.get_weights(), strict=True))
+    bucketed = sequence_model()
+    sizes = [700, 400, 211]
+    h3 = bucketed.fit(sequence_frame(sizes, seed=2), batch_size=32, epochs=3, verbose=0, num_workers=2,
+                      bucket_by_length=True)
+    stats = bucketed.data_stats
+    report("sequences", max_weight_diff=diff, history1=h1.history, history2=h2.history, total=sum(sizes),
+           bucketed_rows=stats["rows"], rows_served_per_worker=stats["rows_served_per_worker"],
+           rows_per_worker=stats["rows_per_worker"], bucketed_loss=h3.history["loss"])
+
+
+def mixed_frame(sizes, seed=0):
+    """A PNG image column, a Spark ML vector column (fed densified), a weight column and a label."""
+    import pandas as pd
+    from image_builders import encode
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    rng = np.random.default_rng(seed)
+    pid = np.concatenate([np.full(s, i) for i, s in enumerate(sizes)])
+    pixels = rng.integers(0, 255, (len(pid), 8, 8, 3), dtype=np.uint8)
+    v = rng.normal(size=(len(pid), 4))
+    y = (pixels.mean((1, 2, 3)) / 255 + v.sum(1)).astype("float32")
+    w = rng.choice([0.0, 0.5, 2.0], len(pid))
+    frame = pd.DataFrame({"img": [encode(p, "PNG") for p in pixels], "v": list(v), "y": y, "w": w,
+                          "partition_id": pid})
+    return spark.createDataFrame(frame).withColumn("v", array_to_vector(F.col("v")))
+
+
+def mixed_model():
+    keras.utils.set_random_seed(5)
+    img, v = keras.Input((8, 8, 3), dtype="uint8", name="img"), keras.Input((4,), name="v")
+    h = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(img))
+    h = keras.layers.Concatenate()([keras.layers.Dense(4)(h), v])
+    m = KerasSparkModel([img, v], keras.layers.Dense(1, name="y")(h))
+    m.compile(keras.optimizers.SGD(0.05), "mse", metrics=["mae"])
+    return m
+
+
+def images_vectors_weights():
+    """Image, densified vector and weight columns: two workers end with one worker's weights."""
+    df = mixed_frame([160, 160, 160, 160])
+    one, two = mixed_model(), mixed_model()
+    kwargs = dict(batch_size=32, epochs=2, shuffle=False, num_parallel_calls=4, verbose=0, sample_weight="w")
+    h1 = one.fit(df, **kwargs)
+    h2 = two.fit(df, num_workers=2, **kwargs)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(one.get_weights(), two.get_weights(), strict=True))
+    report("images_vectors_weights", max_weight_diff=diff, history1=h1.history, history2=h2.history,
+           rows=two.data_stats["rows"])
 
 
 def refusals():
@@ -187,7 +263,8 @@ def refusals():
     report("refusals", messages=messages)
 
 
-for scenario in sys.argv[1:] or ["refusals", "same_arithmetic", "uneven", "worker_raises", "resume_after_failure"]:
+for scenario in sys.argv[1:] or ["refusals", "same_arithmetic", "uneven", "sequences", "images_vectors_weights",
+                                 "worker_raises", "resume_after_failure"]:
     globals()[scenario]()
 spark.stop()
 shutil.rmtree(run_tmp, ignore_errors=True)  # the scenarios' own folders (scratch is inside it)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import numeric_frame, only_in_the_jax_pass, regression_model, run_scenarios, to_numpy
+from builders import in_the_data_parallel_passes, numeric_frame, regression_model, run_scenarios, to_numpy
 
 from keras_spark.spark import session
 from keras_spark.spark.extract import CLIENT_WROTE, EXECUTORS_WROTE
@@ -122,9 +122,9 @@ def distributed_scenarios(spark, request):
     connect_server = request.getfixturevalue("connect_server")
     if not connect_server.isolated:
         pytest.skip("this machine cannot give the Connect server a private /tmp")
-    if os.environ.get("KERAS_BACKEND") != "jax":
-        pytest.skip(only_in_the_jax_pass.kwargs["reason"])
-    env = dict(os.environ, KERAS_BACKEND="jax", KERAS_SPARK_CONNECT_URL=connect_server.url)
+    if in_the_data_parallel_passes.args[0]:
+        pytest.skip(in_the_data_parallel_passes.kwargs["reason"])
+    env = dict(os.environ, KERAS_SPARK_CONNECT_URL=connect_server.url)
     env.pop("SPARK_CONNECT_MODE_ENABLED", None)
     return run_scenarios("connect_distributed_run.py", env, timeout=900)
 

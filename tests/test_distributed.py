@@ -1,25 +1,25 @@
 """fit(num_workers=N): data-parallel training in a Spark barrier stage.
 
-The training scenarios run under JAX in one subprocess (distributed_run.py; the
-backend is fixed per process); the routing and refusal checks run here.
+The training scenarios run in one subprocess of the pass's backend, JAX or PyTorch
+(distributed_run.py; the backend is fixed per process); the routing and refusal checks run here.
 """
 
 import os
 
 import numpy as np
 import pytest
-from builders import numeric_frame, only_in_the_jax_pass, regression_model, run_scenarios
+from builders import in_the_data_parallel_passes, numeric_frame, regression_model, run_scenarios
 from pyspark.sql import functions as F
 
-from keras_spark.feed import lockstep_weights
+from keras_spark.feed import LockstepFeed, lockstep_weights, step_plan
 from keras_spark.spark.distributed import assign_partitions, routing_keys, spark_hash_int
 
 
 @pytest.fixture(scope="module")
 def scenarios():
-    if os.environ.get("KERAS_BACKEND") != "jax":
-        pytest.skip(only_in_the_jax_pass.kwargs["reason"])
-    return run_scenarios("distributed_run.py", dict(os.environ, KERAS_BACKEND="jax"), timeout=1200)
+    if in_the_data_parallel_passes.args[0]:
+        pytest.skip(in_the_data_parallel_passes.kwargs["reason"])
+    return run_scenarios("distributed_run.py", dict(os.environ), timeout=1200)
 
 
 def test_two_workers_end_with_the_weights_of_one(scenarios):
@@ -42,6 +42,31 @@ def test_uneven_partitions_serve_every_row_once_an_epoch(scenarios):
     assert stats["steps_per_epoch"] == 47  # ceil(1500 / 32): the busier worker sets the pace
     assert result["history_keys"] == ["loss", "mae", "val_loss", "val_mae"]
     assert result["loss"][-1] < 0.5 * result["loss"][0]
+
+
+def test_sequences_train_with_two_workers_as_with_one(scenarios):
+    result = scenarios["sequences"]
+    assert result["max_weight_diff"] < 1e-5  # pads repeat real rows at weight 0; the mask hides padding
+    one, two = result["history1"], result["history2"]
+    for key in ("mae", "val_loss", "val_mae"):
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-5)
+    assert all(np.isfinite(two["loss"]))
+
+
+def test_bucketed_sequences_serve_every_row_once_an_epoch_with_two_workers(scenarios):
+    result = scenarios["sequences"]
+    assert sum(result["rows_per_worker"]) == result["total"]
+    assert result["rows_served_per_worker"] == [3 * rows for rows in result["rows_per_worker"]]
+    assert result["bucketed_rows"] == 3 * result["total"]
+    assert result["bucketed_loss"][-1] < 0.5 * result["bucketed_loss"][0]
+
+
+def test_images_vectors_and_weights_train_with_two_workers_as_with_one(scenarios):
+    result = scenarios["images_vectors_weights"]
+    assert result["max_weight_diff"] < 1e-5
+    one, two = result["history1"], result["history2"]
+    np.testing.assert_allclose(two["mae"], one["mae"], rtol=1e-5)  # rows of weight 0 count in metrics, as on one
+    assert result["rows"] == 2 * 640
 
 
 def test_a_failing_worker_fails_fit_with_its_own_error(scenarios):
@@ -99,11 +124,40 @@ def test_partition_ids_are_dealt_largest_first():
 
 @pytest.mark.backend_independent
 def test_lockstep_weights_make_the_loss_a_mean_over_real_rows():
-    # Workers with 70 and 40 rows, 32 a step: step 2 has 6 + 8 real rows of 64 fed.
-    assert lockstep_weights([70, 40], 32, 0) == (64, 1.0)
-    real, weight = lockstep_weights([70, 40], 32, 2)
+    # Workers with 70 and 40 rows, 32 a step: step 2 has 6 + 0 real rows of 64 fed.
+    plans = [step_plan(70, 32), step_plan(40, 32)]
+    assert plans == [[32, 32, 6], [32, 8]]
+    assert lockstep_weights(plans, 32, 0) == (64, 1.0)
+    real, weight = lockstep_weights(plans, 32, 2)
     assert real == 6 and weight == pytest.approx(64 / 6)
-    assert lockstep_weights([70, 40], 32, 1) == (32 + 8, 64 / 40)
+    assert lockstep_weights(plans, 32, 1) == (32 + 8, 64 / 40)
+    # Buckets: a worker's part-filled steps come at its pass's end, as its feed plans them.
+    assert lockstep_weights([[32, 32, 5, 9], [32, 20]], 32, 3) == (9, 64 / 9)
+
+
+@pytest.mark.backend_independent
+def test_pad_rows_repeat_real_rows_at_weight_zero():
+    class Feed:  # what LockstepFeed reads of a BatchFeed
+        batch_size = 4
+        columns = [("int32", [-1])]
+        batches = iter([[np.array([[1, 2, 0], [3, 0, 0], [4, 5, 6], [7, 0, 0]])], [np.array([[8, 9]])]])
+
+        def next_arrays(self):
+            return next(self.batches)
+
+        def pack(self, arrays):
+            return arrays[0], arrays[0][:, :1]
+
+    lockstep = LockstepFeed(Feed(), rank=0, plans=[[4, 1], [4, 4, 4]])
+    steps = iter(lockstep)
+    next(steps)
+    x, _, weights = next(steps)
+    np.testing.assert_array_equal(x, [[8, 9]] * 4)  # the short batch repeats its one row
+    np.testing.assert_allclose(weights, [8 / 5, 0, 0, 0])  # 5 real rows of the 8 fed
+    assert np.signbit(weights).tolist() == [False, True, True, True]  # pads weigh -0.0: metrics skip them
+    x, _, weights = next(steps)  # a step of pads only: the last batch's first row, weight 0
+    np.testing.assert_array_equal(x, [[8, 9]] * 4)
+    assert not weights.any() and np.signbit(weights).all()
 
 
 def _expect_refusal(spark, match, **fit_kwargs):
@@ -112,13 +166,12 @@ def _expect_refusal(spark, match, **fit_kwargs):
         model.fit(numeric_frame(spark, 64, 4), **fit_kwargs)
 
 
-@pytest.mark.skipif(os.environ.get("KERAS_BACKEND") == "jax",
-                    reason="needs a process whose Keras backend is not JAX: runs in the tensorflow and torch passes")
-def test_backends_other_than_jax_get_a_clear_error(spark):
-    _expect_refusal(spark, "JAX backend only.*KERAS_BACKEND=jax", num_workers=2, batch_size=32)
-    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":  # says why, and what to do
-        _expect_refusal(spark, "no dependable multi-worker engine on TensorFlow.*keras-team/keras#20585.*"
-                        "KERAS_BACKEND=jax.*no TensorFlow-only layers", num_workers=2, batch_size=32)
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
+                    reason="needs a process whose Keras backend is TensorFlow: runs in the tensorflow pass")
+def test_tensorflow_is_refused_with_why_and_what_to_do(spark):
+    _expect_refusal(spark, "JAX and PyTorch backends.*no dependable multi-worker engine on TensorFlow.*"
+                    "keras-team/keras#20585.*KERAS_BACKEND=jax or KERAS_BACKEND=torch.*no TensorFlow-only layers",
+                    num_workers=2, batch_size=32)
 
 
 def test_bad_num_workers_are_refused(spark):

@@ -284,5 +284,5 @@ def test_sparse_index_past_the_size_stops_fit_naming_column_and_row(spark):
 @needs_sparse_backend
 def test_sparse_inputs_with_num_workers_are_refused_before_spark_runs(spark):
     df, _ = vector_frame(spark, 10)
-    with pytest.raises(ValueError, match="num_workers=2 does not take sparse inputs"):
+    with pytest.raises(ValueError, match="num_workers=2 does not take sparse=True inputs.*global array.*sparse=False"):
         sparse_linear_model().fit(df, batch_size=8, num_workers=2)

@@ -69,6 +69,14 @@ def test_a_string_column_trains_evaluates_and_predicts_through_the_models_own_lo
     assert by_color["green"] > 0.5 and max(by_color["red"], by_color["blue"], by_color["ünïcode ✓"]) < 0.5
 
 
+@needs_string_tensors
+@pytest.mark.session_independent
+def test_string_columns_with_num_workers_are_refused_with_the_reason(spark):
+    with pytest.raises(ValueError, match="num_workers=2 trains under JAX or PyTorch, which have no string tensors.*"
+                                         r"\['color'\].*StringIndexer"):
+        _color_model().fit(_color_frame(spark), batch_size=16, num_workers=2)
+
+
 @pytest.mark.skipif(TENSORFLOW, reason="the TensorFlow backend has string tensors: the string input works there")
 def test_a_string_input_without_tensorflow_is_a_binding_error_saying_what_to_do(spark):
     df = _color_frame(spark, rows=10)

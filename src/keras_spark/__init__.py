@@ -6,7 +6,20 @@ The package root stays light (no Keras import) because Spark executors import it
 to reach the C++ core when they write the training cache.
 """
 
+import os
+
 __version__ = "0.1.0"
+
+
+def worker_rank() -> int:
+    """This process's rank among the training processes of `fit(df, num_workers=N)`.
+
+    Returns:
+        int: 0 to N-1 inside a training process (in your callbacks), 0 anywhere else (the driver),
+        so a callback that should act once (write a file, send a message) can test `worker_rank() == 0`
+        on every backend.
+    """
+    return int(os.environ.get("KERAS_SPARK_RANK", "0"))
 
 
 def __getattr__(name):

@@ -187,12 +187,12 @@ def read_log(directory: str) -> list[dict]:
     return sorted(entries, key=lambda e: e["time"])
 
 
-def training_record(addresses: list[str], rank: int) -> DeviceRecord:
+def training_record(backend: str, addresses: list[str], rank: int) -> DeviceRecord:
     """A `num_workers` training process's record: its one GPU came in its environment (spark/distributed.py)."""
-    record = DeviceRecord(role="train", backend="jax", task_addresses=list(addresses), partition=rank,
+    record = DeviceRecord(role="train", backend=backend, task_addresses=list(addresses), partition=rank,
                           gpu_amount=1.0 if addresses else 0.0,
-                          backend_imported_before="jax" in sys.modules,
+                          backend_imported_before=_BACKEND_MODULES[backend] in sys.modules,
                           visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES") if addresses else None,
-                          env={k: os.environ[k] for k in gpu_env("jax", addresses, 1.0) if k in os.environ})
+                          env={k: os.environ[k] for k in gpu_env(backend, addresses, 1.0) if k in os.environ})
     log(record)
     return record

@@ -73,7 +73,7 @@ class BatchFeed:
 
     def __init__(self, model, cached: CachedData, *, batch_size: int, shuffle: bool, seed: int,
                  num_parallel_calls: int | None = None, first_epoch: int = 0, batches_per_pull: int = 1,
-                 num_threads: int | None = None, class_weight: dict | None = None):
+                 num_threads: int | None = None, class_weight: dict | None = None, fixed_steps: int | None = None):
         cycle = default_parallelism(num_parallel_calls, max(1, len(cached.partitions)))
         # Gathering is memory-bound; by default the model's step keeps the other half of the cores.
         threads = num_threads or max(1, min(cycle, (os.cpu_count() or 2) // 2))
@@ -91,7 +91,10 @@ class BatchFeed:
         self._pipeline = None
         self.rows = cached.rows
         self._plan(sequences.row_groups(cached, self.batch_size * self.batches_per_pull))
-        self._shapes = sequences.StepLadder.for_cache(cached, self.batch_size, self.batch_size * self.batches_per_pull)
+        # `fixed_steps`: every sequence batch padded to this many steps (data-parallel JAX ranks feed one shape).
+        self._shapes = (sequences.StepLadder(cached.bindings, np.array([fixed_steps]), self.batch_size) if fixed_steps
+                        else sequences.StepLadder.for_cache(cached, self.batch_size,
+                                                            self.batch_size * self.batches_per_pull))
         self.columns = cached.column_specs()
         self._tensors = sparse.batch_converter(self.columns)
         names = [b.keras_name for b in cached.bindings]
@@ -316,50 +319,78 @@ def keras_input(feed: BatchFeed, endless: bool = False):
     return stage_on_device(batches, feed.device_wait)
 
 
-def lockstep_weights(worker_rows: list[int], local_batch: int, step: int) -> tuple[int, float]:
+def step_plan(rows: int, local_batch: int) -> list[int]:
+    """Rows in each step of a pass of `rows` rows in batches of `local_batch` (no buckets)."""
+    return [min(local_batch, rows - start) for start in range(0, rows, local_batch)]
+
+
+def lockstep_weights(plans: list[list[int]], local_batch: int, step: int) -> tuple[int, float]:
     """(real rows across all workers at `step` of an epoch, the weight of each real row).
 
-    In synchronous data parallelism every worker must feed `local_batch` rows each
-    step, so a worker out of rows pads. Keras averages the loss over all rows fed
-    (`sum_over_batch_size`); weighting real rows by global_batch / real_rows and pads
-    by 0 makes that average exactly the mean over the real rows, as one worker would.
+    `plans[k]` holds worker k's real rows in each step of its pass (`BatchFeed.rows_at_step`;
+    a worker past its own steps has none). In synchronous data parallelism every worker must
+    feed `local_batch` rows each step, so a worker out of rows pads. Keras averages the loss
+    over all rows fed (`sum_over_batch_size`); weighting real rows by global_batch / real_rows
+    and pads by 0 makes that average exactly the mean over the real rows, as one worker would.
     """
-    real = sum(min(local_batch, max(0, rows - step * local_batch)) for rows in worker_rows)
-    return real, (local_batch * len(worker_rows)) / real
+    real = sum(plan[step] for plan in plans if step < len(plan))
+    return real, (local_batch * len(plans)) / real
 
 
 class LockstepFeed:
     """One worker's share of synchronous data-parallel steps: (x, y, sample_weight) batches.
 
-    Every worker yields exactly `steps_per_epoch` batches of `local_batch` rows per
-    epoch: its own rows once (from the C++ pipeline), then zero rows of weight 0.
-    `steps_per_epoch` is set by the worker with the most rows, so nobody waits in an
-    all-reduce for a batch that never comes and no row is dropped.
+    Every worker yields exactly `steps_per_epoch` batches of `local_batch` rows per epoch:
+    its own rows once (from the C++ pipeline, in its plan's steps: buckets included), then
+    pad rows of weight 0. `steps_per_epoch` is set by the worker with the most steps, so
+    nobody waits in an all-reduce for a batch that never comes and no row is dropped.
+    Pad rows repeat real rows (the batch's own, else the last batch served here or by
+    `fallback`), as torch's DistributedSampler pads: a row of zeros can be no input at all
+    (a fully masked sequence averages to NaN, and NaN times weight 0 is still NaN).
+
+    `plans`: every worker's `feed.rows_at_step` for each step of its pass (gathered by the
+    training engine), this worker's at `rank`. `fallback`: the training feed, whose last batch
+    pads a validation feed that has no rows on this worker.
     """
 
-    def __init__(self, feed: BatchFeed, *, rank: int, worker_rows: list[int]):
+    def __init__(self, feed: BatchFeed, *, rank: int, plans: list[list[int]], fallback: LockstepFeed | None = None):
         self.feed = feed
         self.local_batch = feed.batch_size
-        self.worker_rows = list(worker_rows)
-        self.rows = worker_rows[rank]
-        self.steps_per_epoch = max(math.ceil(r / self.local_batch) for r in worker_rows)
-        self.own_steps = math.ceil(self.rows / self.local_batch)
+        self.plans = [list(p) for p in plans]
+        self.rows = sum(self.plans[rank])
+        self.steps_per_epoch = max(len(p) for p in self.plans)
+        self.own_steps = len(self.plans[rank])
         self.real_rows_served = 0
-        self._weights = [self._step_weights(step) for step in range(self.steps_per_epoch)]
-        self._zeros = [np.zeros((self.local_batch, *shape), dtype) for dtype, shape in feed.columns]
+        self.last_batch: list | None = None
+        self._fallback = fallback
+        self._weights = [self._step_weights(rank, step) for step in range(self.steps_per_epoch)]
 
-    def _step_weights(self, step: int) -> np.ndarray:
-        own = min(self.local_batch, max(0, self.rows - step * self.local_batch))
-        _, weight = lockstep_weights(self.worker_rows, self.local_batch, step)
-        weights = np.zeros(self.local_batch, np.float32)
+    def real_rows_at(self, step: int) -> int:
+        """Real rows of all workers in `step` of an epoch (pads excluded)."""
+        return lockstep_weights(self.plans, self.local_batch, step)[0]
+
+    def _step_weights(self, rank: int, step: int) -> np.ndarray:
+        plan = self.plans[rank]
+        own = plan[step] if step < len(plan) else 0
+        _, weight = lockstep_weights(self.plans, self.local_batch, step)
+        # Pads weigh -0.0: nothing in the loss, and told apart from a real row of weight 0 by the metrics.
+        weights = np.full(self.local_batch, -0.0, np.float32)
         weights[:own] = weight
         return weights
 
     def _padded(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        short = self.local_batch - len(arrays[0])
-        if short == 0:
+        """The batch's rows, then its rows again until it holds `local_batch`."""
+        rows = len(arrays[0])
+        if rows == self.local_batch:
             return arrays
-        return [np.concatenate([a, z[:short]]) for a, z in zip(arrays, self._zeros, strict=True)]
+        again = np.arange(self.local_batch - rows) % rows
+        return [np.concatenate([a, a[again]]) for a in arrays]
+
+    def _pads_only(self) -> list[np.ndarray]:
+        source = self.last_batch if self.last_batch is not None else getattr(self._fallback, "last_batch", None)
+        if source is None:
+            raise RuntimeError("internal: a data-parallel worker has no row to pad a step with")
+        return self._padded([a[:1] for a in source])
 
     def __iter__(self):
         while True:
@@ -367,9 +398,9 @@ class LockstepFeed:
                 if step < self.own_steps:
                     arrays = self.feed.next_arrays()
                     self.real_rows_served += len(arrays[0])
-                    arrays = self._padded(arrays)
+                    arrays = self.last_batch = self._padded(arrays)
                 else:
-                    arrays = self._zeros
+                    arrays = self._pads_only()
                 x, y, *row_weights = self.feed.pack(arrays)
                 # The row's own weight (column or class_weight) times the lockstep weight
                 # that makes the loss a mean over real rows; pads weigh 0 either way.

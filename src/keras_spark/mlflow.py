@@ -28,11 +28,9 @@ import numpy as np
 
 
 def _is_rank_zero() -> bool:
-    if keras.backend.backend() != "jax":
-        return True  # TensorFlow and PyTorch train on the driver only
-    import jax
+    from keras_spark import worker_rank
 
-    return jax.process_index() == 0
+    return worker_rank() == 0  # 0 on the driver too
 
 
 class MlflowLogger(keras.callbacks.Callback):

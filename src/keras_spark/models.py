@@ -84,8 +84,9 @@ class KerasSparkModel(keras.Model):
             cache_dir (str | None): where the one Spark pass leaves its cache; default a temporary
                 directory. It is removed after fit. Executors write there when they can see it;
                 otherwise the rows travel to the driver, which writes it (see Spark Connect).
-            num_workers (int): default 1, train on the driver. N > 1: N data-parallel JAX processes in
-                one Spark barrier stage on the executors (see [num_workers](../guide/num-workers.md)).
+            num_workers (int): default 1, train on the driver. N > 1: N data-parallel processes in one
+                Spark barrier stage on the executors, under the JAX or PyTorch backend (TensorFlow is refused,
+                with the reason); see [num_workers](../guide/num-workers.md).
             allow_non_finite (bool): default False: a NaN or infinite feature or label is a DataError
                 naming the column and row, before the first step. True keeps Keras's own behaviour.
             custom_objects (dict[str, object] | None): custom layers, losses and metrics the `num_workers`

@@ -263,6 +263,13 @@ def row_lengths(cached, column: int) -> np.ndarray:
                            for files in cached.chunk_files])
 
 
+def longest_row(cached) -> int:
+    """The most steps of any cached row in a sequence column padded per batch (0 without one;
+    a column with a `sequence_length` is padded to it by the core)."""
+    columns = [i for i, b in enumerate(cached.bindings) if b.kind == SEQUENCE and b.sequence.sequence_length is None]
+    return max((int(row_lengths(cached, i).max()) for i in columns if cached.rows), default=0)
+
+
 def boundaries_of(cached, column: int, batch_size: int) -> tuple[int, ...]:
     buckets = cached.bindings[column].sequence.bucket_by_length
     if buckets is not True:

@@ -118,12 +118,14 @@ def tensor_spec(column):
 
 
 def check_single_process(bindings, num_workers: int) -> None:
-    """num_workers > 1 pads and all-reduces dense batches only: sparse inputs train on the driver."""
+    """Sparse inputs train on the driver: data-parallel JAX assembles each step's batches into one
+    global array, which a BCOO batch cannot be, and Keras has no sparse tensors under PyTorch."""
     sparse = [b.column for b in bindings if getattr(b, "sparse", False)]
     if sparse and num_workers > 1:
         raise ValueError(
-            f"num_workers={num_workers} does not take sparse inputs yet ({sparse}); train them with "
-            f"num_workers=1, or declare the inputs sparse=False"
+            f"num_workers={num_workers} does not take sparse=True inputs ({sparse}): data-parallel JAX makes each "
+            f"step's batches one global array, which a sparse (BCOO) batch cannot be; train them with "
+            f"num_workers=1, or declare the inputs sparse=False to feed the vectors densified (d numbers a row)"
         )
 
 

@@ -1,11 +1,12 @@
 """One data-parallel training process: `python -m keras_spark.training_worker JOB_FILE`.
 
 Started by a Spark barrier task (see spark/distributed.py) with its rows already in a
-local cache. It joins JAX's distributed runtime through `keras.distribution`, trains
-with `DataParallel` (every step's gradients are all-reduced, so all ranks hold the same
-weights), and writes a result file: rank 0's weights, optimizer state and History.
-A separate process, not the Spark Python worker itself, because JAX's distributed
-runtime can be initialized once per process and Spark reuses its Python workers.
+local cache. It joins its backend's distributed runtime through an engine
+(worker_engines.py: JAX's `keras.distribution`, or a `torch.distributed` process group),
+trains with Keras's own `fit` (every step's gradients are all-reduced, so all ranks hold
+the same weights), and writes a result file: rank 0's weights, optimizer state and History.
+A separate process, not the Spark Python worker itself, because a distributed runtime
+can be initialized once per process and Spark reuses its Python workers.
 """
 
 from __future__ import annotations
@@ -33,14 +34,6 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _host_value(variable):
-    import numpy as np
-
-    value = getattr(variable, "value", variable)
-    shards = getattr(value, "addressable_shards", None)
-    return np.asarray(shards[0].data if shards else value)  # replicated: any local copy is the whole
-
-
 def _weighted_metrics_config(config: dict) -> dict:
     """Metrics must skip the pad rows of the last steps; weighted metrics do (pads weigh 0)."""
     if config.get("metrics") is not None and config.get("weighted_metrics") is None:
@@ -49,14 +42,17 @@ def _weighted_metrics_config(config: dict) -> dict:
 
 
 def _metrics_on_real_rows(model) -> None:
-    """Metrics see weight 1 for real rows and 0 for pads; only the loss needs the scaled weights."""
+    """Metrics see weight 1 for real rows and 0 for pads; only the loss needs the scaled weights.
+
+    Pads weigh -0.0 (LockstepFeed), so a real row whose own weight is 0 still counts, as on the driver.
+    """
     from keras import ops
 
     compute_metrics = model.compute_metrics
 
     def on_real_rows(x, y, y_pred, sample_weight=None):
         if sample_weight is not None:
-            sample_weight = ops.cast(ops.greater(sample_weight, 0), sample_weight.dtype)
+            sample_weight = ops.cast(ops.logical_not(ops.signbit(sample_weight)), sample_weight.dtype)
         return compute_metrics(x, y, y_pred, sample_weight)
 
     model.compute_metrics = on_real_rows
@@ -91,16 +87,13 @@ def _callbacks_for(rank: int, callbacks: list, scratch: str) -> list:
     return kept
 
 
-def _stop_together():
+def _stop_together(engine):
     """Every rank stops when any rank's callbacks asked to (else the others would hang)."""
     import keras
-    import numpy as np
-    from jax.experimental import multihost_utils
 
     class StopTogether(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            flags = multihost_utils.process_allgather(np.array([int(bool(self.model.stop_training))]))
-            self.model.stop_training = bool(np.asarray(flags).any())
+            self.model.stop_training = engine.any_rank(bool(self.model.stop_training))
 
     return StopTogether()
 
@@ -124,52 +117,60 @@ class StepTimer:
         self.callback = _Callback()
 
 
-def train(job: WorkerJob) -> dict:
+def _lockstep(engine, feed, rank: int, fallback=None):
+    """The feed in lockstep with its peers: every rank's step plan (buckets included) comes by the engine."""
+    from keras_spark.feed import LockstepFeed
+
+    plan = [feed.rows_at_step(k) for k in range(feed.steps_per_epoch)] if feed.rows else []
+    return LockstepFeed(feed, rank=rank, plans=engine.gather(plan), fallback=fallback)
+
+
+def train(job: WorkerJob, engine) -> dict:
     from keras_spark.devices import training_record
     from keras_spark.spark.score import limit_threads
 
-    os.environ["KERAS_BACKEND"] = "jax"
+    os.environ["KERAS_BACKEND"] = engine.backend
+    os.environ["KERAS_SPARK_RANK"] = str(job.rank)  # keras_spark.worker_rank() in the user's callbacks
     if not job.gpu_addresses:
         # The workers of one executor share its cores: each takes the task's share (spark.task.cpus).
         limit_threads(job.threads)
-    placement = training_record(job.gpu_addresses, job.rank)  # CUDA_VISIBLE_DEVICES came with the environment
+    # CUDA_VISIBLE_DEVICES came with the environment
+    placement = training_record(engine.backend, job.gpu_addresses, job.rank)
     from keras_spark.quiet import import_backend
 
     import_backend()
     import keras
 
-    from keras_spark.feed import BatchFeed, LockstepFeed, lockstep_weights
+    from keras_spark.feed import BatchFeed
     from keras_spark.model_package import open_model
     from keras_spark.progress import RowsTrained
 
-    rank, num_workers = job.rank, job.num_workers
-    keras.distribution.initialize(job.coordinator, num_workers, rank)
-    devices = keras.distribution.list_devices()
-    # Each worker feeds its own rows: Keras must not shard them again.
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
+    rank = job.rank
+    devices = engine.start(job)
 
     model = open_model(job.package)
     compile_config = keras.saving.deserialize_keras_object(model.get_compile_config())
     model.compile(**dict(_weighted_metrics_config(compile_config), optimizer=model.optimizer))
     _metrics_on_real_rows(model)
 
-    cached = job.cached
-    feed = BatchFeed(model, cached, batch_size=job.local_batch, shuffle=job.shuffle,
+    # Ranks that must feed one shape pad every sequence batch to the longest row of all ranks.
+    fixed_steps = job.sequence_steps if engine.same_shapes else None
+    feed = BatchFeed(model, job.cached, batch_size=job.local_batch, shuffle=job.shuffle,
                      seed=job.seed + rank, num_parallel_calls=job.num_parallel_calls,
-                     first_epoch=job.initial_epoch, class_weight=job.class_weight)
-    lockstep = LockstepFeed(feed, rank=rank, worker_rows=job.worker_rows)
+                     first_epoch=job.initial_epoch, class_weight=job.class_weight, fixed_steps=fixed_steps)
+    lockstep = _lockstep(engine, feed, rank)
     validation = {}
     if job.validation is not None:
         val_feed = BatchFeed(model, job.validation, batch_size=job.validation_local_batch, shuffle=False,
-                             seed=0, num_parallel_calls=job.num_parallel_calls)
-        val_lockstep = LockstepFeed(val_feed, rank=rank, worker_rows=job.validation_rows)
+                             seed=0, num_parallel_calls=job.num_parallel_calls, fixed_steps=fixed_steps)
+        val_lockstep = _lockstep(engine, val_feed, rank, fallback=lockstep)
         validation = {"validation_data": iter(val_lockstep), "validation_steps": val_lockstep.steps_per_epoch}
     timer = StepTimer()
-    # Real rows of all workers in each lockstep step (pads excluded), from the shared plan.
-    trained = RowsTrained(lambda k: lockstep_weights(job.worker_rows, job.local_batch, k)[0],
-                          lockstep.steps_per_epoch)
+    # Real rows of all workers in each lockstep step (pads excluded), from the shared plans.
+    trained = RowsTrained(lockstep.real_rows_at, lockstep.steps_per_epoch)
+    engine_callbacks = engine.prepare(model, lockstep.steps_per_epoch, validation.get("validation_steps"))
     callbacks = _callbacks_for(rank, pickle.loads(job.callbacks), job.scratch) + [
-        timer.callback, _stop_together(), trained]
+        *engine_callbacks, timer.callback, _stop_together(engine), trained]
     started = time.perf_counter()
     try:
         history = model.fit(
@@ -190,12 +191,12 @@ def train(job: WorkerJob) -> dict:
         "step_s": timer.seconds,
         "steps_per_epoch": lockstep.steps_per_epoch,
         "devices": dict(addresses=job.gpu_addresses, visible_devices=placement.visible_devices,
-                        jax_devices=[str(d) for d in devices]),
+                        backend_devices=devices),
     }
     if rank == 0:
         result.update(
-            weights=[_host_value(v) for v in model.weights],
-            optimizer=[_host_value(v) for v in model.optimizer.variables],
+            weights=[engine.host_value(v) for v in model.weights],
+            optimizer=[engine.host_value(v) for v in model.optimizer.variables],
             history=history.history, epoch=history.epoch, params=history.params,
         )
     return result
@@ -205,16 +206,20 @@ def main(job_path: str) -> int:
     _exit_with_parent()
     with open(job_path, "rb") as f:
         job = pickle.load(f)
+    from keras_spark.worker_engines import PEER_LOST_EXIT, engine_for
+
+    engine = engine_for(job.backend)
     try:
-        result = train(job)
-    except BaseException:
+        result = train(job, engine)
+    except BaseException as error:
         with open(job.error_path, "w") as f:
             f.write(traceback.format_exc())
-        # Exit now: a normal exit would wait in JAX's shutdown barrier for peers that are
-        # blocked in an all-reduce with this rank; Spark then fails the stage and stops them.
-        os._exit(1)
+        # Exit now: a normal exit would wait in the runtime's shutdown barrier for peers that
+        # are blocked in an all-reduce with this rank; Spark then fails the stage and stops them.
+        os._exit(PEER_LOST_EXIT if engine.peer_lost(error) else 1)
     with open(job.result_path, "wb") as f:
         pickle.dump(result, f)
+    engine.stop()
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import Any
 class WorkerJob:
     # -- the stage: the same for every worker -----------------------------------------
     num_workers: int
+    backend: str  # "jax" or "torch": the engine the training processes use (worker_engines.py)
     owner: dict[int, int]  # partition id -> worker rank
     local_batch: int  # global batch_size // num_workers
     epochs: int
@@ -39,9 +40,10 @@ class WorkerJob:
     rank: int = -1
     cached: Any = None  # this worker's training rows (CachedData)
     validation: Any = None  # this worker's validation rows, or None
-    coordinator: str = ""  # rank 0's host:port for JAX's distributed runtime
+    coordinator: str = ""  # rank 0's host:port for the backend's distributed runtime
     worker_rows: list[int] = field(default_factory=list)
     validation_rows: list[int] = field(default_factory=list)
+    sequence_steps: int | None = None  # the longest sequence row of all ranks (training and validation rows)
     package: bytes = b""  # the model package (model_package.py)
     threads: int = 1  # the task's cores
     gpu_addresses: list[str] = field(default_factory=list)  # the task's GPU (one), [] on CPU

@@ -8,7 +8,8 @@ The rows never pass through the driver:
    own executor through the C++ CacheWriter (as the one-worker path does), agrees with
    the others on row counts, shapes and a coordinator address (`allGather`), then
    starts one training process (`keras_spark.training_worker`). The processes train
-   data-parallel through `keras.distribution` (JAX), all-reducing every step.
+   data-parallel through their backend's runtime (worker_engines.py: JAX's
+   `keras.distribution`, or a `torch.distributed` process group), all-reducing every step.
 3. Rank 0 returns the trained weights, optimizer state and History as one small row.
 
 A failed worker fails the stage with its traceback; the driver raises it as
@@ -34,7 +35,7 @@ import time
 import pyarrow as pa
 from pyspark.sql import functions as F
 
-from keras_spark import binding, scratch
+from keras_spark import binding, scratch, sequences
 from keras_spark.devices import gpu_env, task_gpu_addresses
 from keras_spark.errors import BindingError, DataError, TrainingError
 from keras_spark.spark import is_spark_dataframe
@@ -94,25 +95,28 @@ def routing_keys(num_workers: int) -> list[int]:
 
 
 # -- the driver --------------------------------------------------------------------------
+DATA_PARALLEL_BACKENDS = ("jax", "torch")
+
+
 def _backend_refusal(num_workers: int, backend: str) -> str:
     """Why `num_workers > 1` is refused on `backend`, and what to do instead."""
-    start = (f"num_workers={num_workers} trains through keras.distribution, which runs multi-process data "
-             f"parallelism on the JAX backend only; this process runs Keras on '{backend}'. ")
+    start = (f"num_workers={num_workers} runs multi-process data parallelism on the JAX and PyTorch backends; "
+             f"this process runs Keras on '{backend}'. ")
     if backend == "tensorflow":
         why = ("Keras 3 has no dependable multi-worker engine on TensorFlow: its MultiWorkerMirroredStrategy "
                "code path has no tests in Keras and multi-worker training is an open issue "
                "(keras-team/keras#20585). ")
     else:
-        why = f"keras-spark does not run '{backend}' data parallelism across workers yet. "
-    return (start + why + "Train the same model under KERAS_BACKEND=jax (set before keras is imported) when it has "
-            "no TensorFlow-only layers (StringLookup, TextVectorization on strings, tf.* ops), or leave "
-            "num_workers=1 to train on the driver")
+        why = f"keras-spark has no data-parallel engine for '{backend}'. "
+    return (start + why + "Train the same model under KERAS_BACKEND=jax or KERAS_BACKEND=torch (set before keras is "
+            "imported) when it has no TensorFlow-only layers (StringLookup, TextVectorization on strings, tf.* "
+            "ops), or leave num_workers=1 to train on the driver")
 
 
 def check_distributed(spark, *, num_workers: int, batch_size: int, backend: str, validation_data,
                       validation_batch_size: int) -> None:
     """Everything that can be refused before Spark runs."""
-    if backend != "jax":
+    if backend not in DATA_PARALLEL_BACKENDS:
         raise ValueError(_backend_refusal(num_workers, backend))
     for name, size in (("batch_size", batch_size), ("validation_batch_size", validation_batch_size)):
         if size % num_workers:
@@ -184,7 +188,8 @@ def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, e
         .sortWithinPartitions(F.col(f"`{partition_col}`"))
     )
     job = WorkerJob(
-        num_workers=num_workers, owner=owner, local_batch=batch_size // num_workers, epochs=int(epochs),
+        num_workers=num_workers, backend=keras.backend.backend(), owner=owner, local_batch=batch_size // num_workers,
+        epochs=int(epochs),
         initial_epoch=int(initial_epoch), shuffle=bool(shuffle), seed=random.getrandbits(62),
         num_parallel_calls=num_parallel_calls, verbose=1 if verbose == "auto" else verbose, fit_kwargs=fit_kwargs,
         callbacks=_pickled(callbacks or []), cache_dir=cache_dir, bindings=bindings,
@@ -294,7 +299,7 @@ def _barrier_task(batches, *, job: WorkerJob, package):
         info["stray"] = _stray_ids(info, job.owner, rank)
         info["train_rows"], info["validation_rows"] = _split_rows(info, job.validation_offset)
         if "error" not in info and info.get("rows"):
-            info.update(_weight_problem(workdir, job.bindings, info))
+            info.update(_local_facts(workdir, job.bindings, info))
         if rank == 0:
             info["coordinator"] = f"{_task_host(ctx, rank)}:{_free_port()}"
         infos = [json.loads(m) for m in ctx.allGather(json.dumps(info))]
@@ -308,6 +313,7 @@ def _barrier_task(batches, *, job: WorkerJob, package):
         result = _run_worker(workdir, rank, dataclasses.replace(
             job, rank=rank, cached=train, validation=validation, coordinator=infos[0]["coordinator"],
             worker_rows=[i["train_rows"] for i in infos], validation_rows=[i["validation_rows"] for i in infos],
+            sequence_steps=max((i.get("longest", 0) for i in infos), default=0) or None,
             package=package.value, threads=threads_per_task(), gpu_addresses=task_gpu_addresses(),
         ))
         yield _result_row(rank, result)
@@ -315,15 +321,17 @@ def _barrier_task(batches, *, job: WorkerJob, package):
         scratch.remove(workdir)
 
 
-def _weight_problem(workdir: str, bindings, info: dict) -> dict:
-    """{"error": ...} when this task's weight column holds a NaN or negative weight, else {}."""
+def _local_facts(workdir: str, bindings, info: dict) -> dict:
+    """What the task's rows tell its peers: {"error": ...} for a NaN or negative weight, and
+    {"longest": n}, its longest sequence row (the steps data-parallel JAX ranks all pad to)."""
     from keras_spark.weights import check_weight_values
 
+    cached = _assemble(workdir, bindings, [info])
     try:
-        check_weight_values(_assemble(workdir, bindings, [info]))
+        check_weight_values(cached)
     except DataError as error:
         return {"error": str(error)}
-    return {}
+    return {"longest": sequences.longest_row(cached)}
 
 
 def _split_rows(info: dict, offset: int | None) -> tuple[int, int]:
@@ -398,11 +406,14 @@ def _run_worker(workdir: str, rank: int, job: WorkerJob) -> dict:
                               error_path=os.path.join(workdir, "error.txt"), scratch=os.path.join(workdir, "scratch"))
     with open(job_path, "wb") as f:
         cloudpickle.dump(job, f)
-    # The process sees only its task's GPU, set before it imports JAX.
-    env = dict(os.environ, KERAS_BACKEND="jax", **gpu_env("jax", job.gpu_addresses, 1.0))
+    from keras_spark.worker_engines import PEER_LOST_EXIT
+
+    # The process sees only its task's GPU, set before it imports the backend.
+    env = dict(os.environ, KERAS_BACKEND=job.backend, **gpu_env(job.backend, job.gpu_addresses, 1.0))
     done = subprocess.run([sys.executable, "-m", "keras_spark.training_worker", job_path], env=env)
-    if done.returncode < 0 and not os.path.exists(job.error_path):
-        # Killed (JAX aborts a rank whose peer died): let the peer's own error fail the stage first.
+    if (done.returncode < 0 and not os.path.exists(job.error_path)) or done.returncode == PEER_LOST_EXIT:
+        # Killed (JAX aborts a rank whose peer died) or a collective lost its peer (torch):
+        # let the peer's own error fail the stage first.
         time.sleep(_PEER_ERROR_GRACE_S)
     if done.returncode != 0:
         detail = ""

@@ -140,8 +140,12 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     val_bindings = (_bind(model, validation_data, partition_col, True, sequence_options=sequence_options,
                           image_resize=image_resize)
                     if spark_validation else None)
-    if num_workers > 1 and sequences.has_ragged(train_bindings):
-        raise NotImplementedError("keras-spark: sequence and string columns train with num_workers=1 for now")
+    strings = [b.column for b in train_bindings if b.kind == sequences.STRING]
+    if num_workers > 1 and strings:
+        raise ValueError(
+            f"num_workers={num_workers} trains under JAX or PyTorch, which have no string tensors, and string "
+            f"column(s) {strings} feed only TensorFlow; index the strings in Spark (StringIndexer) to train with "
+            f"workers, or train with num_workers=1 under TensorFlow")
     if num_workers > 1:
         from keras_spark.spark.distributed import fit_distributed
 
