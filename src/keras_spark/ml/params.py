@@ -240,7 +240,7 @@ class KerasTrainingParams(KerasScoringParams):
     numPartitions = Param(Params._dummy(), "numPartitions", "partition ids made when partitionCol is absent",
                           typeConverter=_to_positive_int)
     numWorkers = Param(Params._dummy(), "numWorkers",
-                       "1: train on the driver; N > 1: N data-parallel JAX processes on the executors",
+                       "1: train on the driver; N > 1: N data-parallel processes on the executors (JAX or PyTorch)",
                        typeConverter=_to_positive_int)
     validationFraction = Param(Params._dummy(), "validationFraction",
                                "fraction of rows held out (randomSplit with `seed`) as validation_data; 0: none",
