@@ -93,7 +93,8 @@ def strings_to_tensor(n: int = 200_000):
     import pyarrow as pa
     import tensorflow as tf
 
-    from keras_spark import _core, sequences
+    from keras_spark import _core
+    from keras_spark.kinds.string import as_strings
 
     rng = np.random.default_rng(0)
     words = np.array(["red", "green", "blue", "a longer phrase of text", "ünïcode ✓"])
@@ -101,7 +102,7 @@ def strings_to_tensor(n: int = 200_000):
 
     def ours():
         padded, _ = _core.to_padded(*column.__arrow_c_array__(), "s", "uint8", [-1], (0, True, -1, False, False, 0.0))
-        return tf.constant(sequences.as_strings(padded, (1,)))
+        return tf.constant(as_strings(padded, (1,)))
 
     def objects():
         return tf.constant(column.to_numpy(zero_copy_only=False).reshape(n, 1))

@@ -114,3 +114,23 @@ def test_integer_label_trains_a_softmax_with_a_sparse_loss(spark):
     model.compile(keras.optimizers.Adam(0.1), "sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(df, batch_size=32, epochs=5, verbose=0)
     assert history.history["accuracy"][-1] == 1.0
+
+
+@pytest.mark.backend_independent
+def test_each_column_is_bound_by_the_first_kind_that_takes_it():
+    from keras_spark.kinds import KINDS, kind_of
+
+    schema = T.StructType([
+        T.StructField("x", T.ArrayType(T.FloatType())), T.StructField("steps", T.ArrayType(T.IntegerType())),
+        T.StructField("picture", T.BinaryType()), T.StructField("y", T.DoubleType()),
+        T.StructField("tags", T.ArrayType(T.FloatType())),
+    ])
+    x, steps = keras.Input(shape=(3,), name="x"), keras.Input(shape=(None,), dtype="int32", name="steps")
+    picture = keras.Input(shape=(8, 8, 3), dtype="uint8", name="picture")
+    pooled = keras.layers.Concatenate()([x, keras.layers.GlobalAveragePooling1D()(
+        keras.layers.Embedding(10, 2)(steps)), keras.layers.Flatten()(picture)])
+    per_step = keras.layers.Dense(1, name="tags")(keras.layers.Embedding(10, 2)(steps))
+    model = KerasSparkModel([x, steps, picture], [keras.layers.Dense(1, name="y")(pooled), per_step])
+    bound = bind_inputs(model, schema) + bind_labels(model, schema)
+    assert [kind_of(b).name for b in bound] == ["dense", "sequence", "image", "dense", "sequence"]
+    assert KINDS[-1].name == "dense" and len({k.name for k in KINDS}) == len(KINDS)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from keras_spark import _core, sequences
 from keras_spark.errors import DataError
+from keras_spark.kinds.sequence import ragged_output
 from keras_spark.models import KerasSparkModel
 
 
@@ -88,8 +89,8 @@ def test_per_step_outputs_are_cut_back_to_each_rows_own_steps():
 
     values = np.arange(2 * 4, dtype=np.float32).reshape(2, 4)  # two rows padded to 4 steps
     spark_type = T.ArrayType(T.FloatType())
-    post = sequences.ragged_output(values, np.array([2, 4]), "post", _to_arrow, spark_type)
-    pre = sequences.ragged_output(values, np.array([1, 3]), "pre", _to_arrow, spark_type)
+    post = ragged_output(values, np.array([2, 4]), "post", _to_arrow, spark_type)
+    pre = ragged_output(values, np.array([1, 3]), "pre", _to_arrow, spark_type)
     assert post.to_pylist() == [[0, 1], [4, 5, 6, 7]]
     assert pre.to_pylist() == [[3], [5, 6, 7]]
 

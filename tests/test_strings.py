@@ -5,8 +5,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from keras_spark import _core, sequences
+from keras_spark import _core
 from keras_spark.errors import BindingError
+from keras_spark.kinds.string import as_strings
 from keras_spark.models import KerasSparkModel
 
 TENSORFLOW = keras.backend.backend() == "tensorflow"
@@ -17,7 +18,7 @@ COLORS = ["red", "green", "blue", "ünïcode ✓", ""]
 def _strings(column):
     padded, lengths = _core.to_padded(*column.__arrow_c_array__(), "color", "uint8", [-1],
                                       (0, True, -1, False, False, 0.0))
-    return sequences.as_strings(padded, (1,)), lengths
+    return as_strings(padded, (1,)), lengths
 
 
 @pytest.mark.backend_independent
@@ -101,5 +102,5 @@ def test_a_string_column_for_a_numeric_input_says_how_to_index_it(spark):
 @pytest.mark.backend_independent
 def test_as_strings_is_a_view_not_a_copy():
     padded = np.frombuffer(b"ab\0xyz", np.uint8).reshape(2, 3)
-    view = sequences.as_strings(padded, (1,))
+    view = as_strings(padded, (1,))
     assert view[:, 0].tolist() == [b"ab", b"xyz"] and np.shares_memory(view, padded)

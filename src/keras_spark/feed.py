@@ -22,8 +22,9 @@ import threading
 import keras
 import numpy as np
 
-from keras_spark import _core, sequences, sparse
+from keras_spark import _core, sequences
 from keras_spark.device_prefetch import DeviceWait, stage_on_device
+from keras_spark.kinds import kind_of, pipeline_options
 from keras_spark.shutdown import NativeHandle, raise_if_interrupted
 from keras_spark.spark.extract import CachedData
 from keras_spark.weights import class_weight_table, class_weights_of
@@ -78,8 +79,9 @@ class BatchFeed:
         # Gathering is memory-bound; by default the model's step keeps the other half of the cores.
         threads = num_threads or max(1, min(cycle, (os.cpu_count() or 2) // 2))
         self.batch_size = int(batch_size)
-        # A pulled SparseTensor cannot be cut into batches by slicing: sparse feeds pull one batch at a time.
-        self.batches_per_pull = 1 if sparse.has_sparse(cached.column_specs()) else int(batches_per_pull)
+        self._kinds = [kind_of(b) for b in cached.bindings]
+        # A kind whose pulls cannot be cut into batches by slicing (sparse) is pulled one batch at a time.
+        self.batches_per_pull = int(batches_per_pull) if all(k.slices_pulls for k in self._kinds) else 1
         self._cached = cached
         self._options = (bool(shuffle), int(seed), cycle, threads, 2 * threads + 2)
         self._next_epoch = int(first_epoch)  # the epoch the next one-epoch reader serves
@@ -96,7 +98,6 @@ class BatchFeed:
                         else sequences.StepLadder.for_cache(cached, self.batch_size,
                                                             self.batch_size * self.batches_per_pull))
         self.columns = cached.column_specs()
-        self._tensors = sparse.batch_converter(self.columns)
         names = [b.keras_name for b in cached.bindings]
         self._inputs = _packer(model.input, [names.index(t.name) for t in model.inputs])
         self.structure = (model.input,)
@@ -136,8 +137,8 @@ class BatchFeed:
         pipeline = _core.Pipeline(
             cached.chunk_files, cached.column_specs(), cached.partitions,
             batch_size=self.batch_size * self.batches_per_pull, shuffle=shuffle, seed=seed, cycle_length=cycle,
-            num_threads=threads, prefetch=prefetch, first_epoch=int(first_epoch), **sparse.core_layout(),
-            **sequences.pipeline_options(cached, self.batch_size * self.batches_per_pull),
+            num_threads=threads, prefetch=prefetch, first_epoch=int(first_epoch), **pipeline_options(cached.bindings),
+            **sequences.bucketing_options(cached, self.batch_size * self.batches_per_pull),
         )
         # Closed with this feed or at exit, even when the fit using it never returns.
         return NativeHandle(self, pipeline)
@@ -151,7 +152,7 @@ class BatchFeed:
 
     @property
     def bindings(self) -> list:
-        """The columns this feed serves, in the core's order (binding.ColumnBinding)."""
+        """The columns this feed serves, in the core's order (kinds.schema.ColumnBinding)."""
         return self._cached.bindings
 
     @property
@@ -166,7 +167,9 @@ class BatchFeed:
     def _next(self, reader: NativeHandle):
         raise_if_interrupted()  # a Ctrl-C that Keras swallowed (see shutdown.py)
         try:
-            return self._shapes(sequences.finish_arrays(reader.get().next(), self._cached.bindings))
+            arrays = reader.get().next()
+            return self._shapes([k.finish(b, a) for k, b, a in zip(self._kinds, self._cached.bindings, arrays,
+                                                                   strict=True)])
         except RuntimeError:
             self._check_open()  # closed beside us: say so plainly
             raise
@@ -207,7 +210,7 @@ class BatchFeed:
 
     # -- batches ---------------------------------------------------------------------
     def pack(self, arrays):
-        arrays = self._tensors(arrays)
+        arrays = [k.to_backend(a) for k, a in zip(self._kinds, arrays, strict=True)]
         if self._labels is None:
             return (self._inputs(arrays),)
         packed = (self._inputs(arrays), self._labels(arrays))
@@ -224,8 +227,8 @@ class BatchFeed:
         """The structure of one pulled batch as `tf.TensorSpec`s (TensorFlow backend)."""
         import tensorflow as tf
 
-        specs = [sparse.tensor_spec(column) if sparse.has_sparse([column]) else sequences.tensor_spec(b, *column)
-                 for b, column in zip(self._cached.bindings, self.columns, strict=True)]
+        specs = [k.tensor_spec(b, column) for k, b, column in zip(self._kinds, self._cached.bindings, self.columns,
+                                                                   strict=True)]
         x_y = (self._inputs(specs),) if self._labels is None else (self._inputs(specs), self._labels(specs))
         if not self.weighted:
             return x_y
@@ -314,8 +317,8 @@ def keras_input(feed: BatchFeed, endless: bool = False):
     `endless`: the caller sets its own steps per epoch, so epochs need not follow passes.
     """
     batches = _ADAPTERS.get(keras.backend.backend(), _generator)(feed, endless)
-    if any(b.kind == sequences.STRING or b.sparse for b in feed.bindings):
-        return batches  # string tensors live on the host; sparse batches are not staged (untested on a GPU)
+    if not all(kind_of(b).staged_on_device for b in feed.bindings):
+        return batches  # e.g. string tensors live on the host (kinds/: ColumnKind.staged_on_device)
     return stage_on_device(batches, feed.device_wait)
 
 

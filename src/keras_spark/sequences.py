@@ -1,4 +1,4 @@
-"""Variable-length sequences and strings: ragged columns, cached as values + offsets, padded per batch.
+"""Variable-length sequences: how ragged columns, cached as values + offsets, are padded and batched.
 
 A Keras input whose first dimension is `None` (`keras.Input(shape=(None,), dtype="int32")`,
 `(None, 16)`) takes an `array` column whose rows differ in length; a label whose output is
@@ -21,9 +21,9 @@ the longest row), with the same `pad_value` and `padding`; its automatic buckets
 `COMPILED_MAX_BUCKETS`) and the buckets' part-filled batches of an epoch are merged, so a fit compiles a
 handful of steps instead of one a batch. `model.data_stats["distinct_shapes"]` counts the batch shapes fed.
 
-A Keras input of dtype "string" (TensorFlow backend only) takes a `string` or `binary`
-column: the core pads each batch's bytes to its longest string and NumPy views them as
-fixed-width bytes (`S<n>`, no per-row Python), which TensorFlow takes as a `tf.string` tensor.
+This module is the feeding policy (options, buckets, step lengths, padding figures); the column
+kinds themselves, how a ragged column binds, is cached and scored, are kinds/sequence.py and, for
+`string` columns (also ragged: a batch's bytes padded to its longest string), kinds/string.py.
 """
 
 from __future__ import annotations
@@ -32,12 +32,8 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-from pyspark.sql import types as T
-
-from keras_spark.errors import BindingError, DataError
 
 SEQUENCE = "sequence"
-STRING = "string"
 COMPILED_MAX_BUCKETS = 4  # JAX: a compile costs ~a second on CPU, far more than a few padded steps
 _OPTION_NAMES = ("sequence_length", "padding", "truncating", "pad_value", "bucket_by_length")
 
@@ -85,124 +81,16 @@ DEFAULT_OPTIONS = SequenceOptions()
 
 
 def with_options(bindings: list, options: SequenceOptions) -> list:
-    """The bindings with `options` on every ragged column."""
-    return [dataclasses.replace(b, sequence=options) if b.kind != "dense" else b for b in bindings]
+    """The bindings with `options` on every ragged column (sequences and strings: those with options)."""
+    return [dataclasses.replace(b, sequence=options) if b.sequence is not None else b for b in bindings]
 
 
 def has_ragged(bindings) -> bool:
-    return any(b.kind != "dense" for b in bindings)
+    """Whether any column is ragged (padded per batch by the core)."""
+    return any(b.sequence is not None for b in bindings)
 
 
-# -- binding --------------------------------------------------------------------------
-def bind_input(tensor, field: T.StructField):
-    """A ColumnBinding for a string or variable-length input, or None for a dense one."""
-    from keras_spark.binding import ColumnBinding, _check_depth, _input_shape, column_depth, describe_type
-
-    name, dtype, shape = tensor.name, str(tensor.dtype), _input_shape(tensor.shape)
-    if dtype == "string":
-        return ColumnBinding(name, "input", name, "string", shape, describe_type(field.dataType), kind=STRING,
-                             sequence=DEFAULT_OPTIONS) if _check_string_input(name, field, shape) else None
-    if not shape or shape[0] != -1 or not isinstance(field.dataType, T.ArrayType):
-        return None
-    depth, _ = column_depth(field.dataType, name)
-    _check_depth(name, field.dataType, depth, shape, name)
-    return ColumnBinding(name, "input", name, dtype, shape, describe_type(field.dataType), kind=SEQUENCE,
-                         sequence=DEFAULT_OPTIONS)
-
-
-def _check_string_input(name: str, field: T.StructField, shape: tuple) -> bool:
-    import keras
-
-    backend = keras.backend.backend()
-    if backend != "tensorflow":
-        raise BindingError(
-            f"Keras input '{name}' has dtype string, but the {backend} backend has no string tensors; index the "
-            f"strings in Spark first (pyspark.ml.feature.StringIndexer, or F.hash(...) % n for hashing) and feed an "
-            f"integer input, or train with KERAS_BACKEND=tensorflow, whose StringLookup/TextVectorization/Hashing "
-            f"layers take the raw strings"
-        )
-    if isinstance(field.dataType, T.ArrayType) and isinstance(field.dataType.elementType, T.StringType):
-        raise BindingError(
-            f"column '{name}' has type {field.dataType.simpleString()}; keras-spark feeds string inputs one "
-            f"string a row (keras.Input(shape=(1,), dtype='string')): join the array in Spark (F.concat_ws(' ', "
-            f"'{name}')) and split it in the model (TextVectorization)"
-        )
-    if not isinstance(field.dataType, (T.StringType, T.BinaryType)):
-        raise BindingError(
-            f"Keras input '{name}' has dtype string, but column '{name}' has type {field.dataType.simpleString()}; "
-            f"cast it in Spark (F.col('{name}').cast('string')) or give the input a numeric dtype"
-        )
-    if shape not in ((), (1,)):
-        raise BindingError(f"Keras input '{name}' of dtype string has per-row shape {shape}; expected (1,) or ()")
-    return True
-
-
-def bind_label(output, field: T.StructField, dtype: str):
-    """A sequence label (the output is per-step, `(None, ...)`), or None for a dense one."""
-    from keras_spark.binding import ColumnBinding, column_depth, describe_type
-
-    per_row = tuple(output.shape[1:])
-    if not per_row or per_row[0] is not None or not isinstance(field.dataType, T.ArrayType):
-        return None
-    depth, _ = column_depth(field.dataType, field.name)
-    return ColumnBinding(field.name, "label", field.name, dtype, (-1,) * depth, describe_type(field.dataType),
-                         kind=SEQUENCE, sequence=DEFAULT_OPTIONS)
-
-
-def string_column_hint(leaf: T.DataType) -> str:
-    """What to do with a string column fed to a numeric input."""
-    if not isinstance(leaf, T.StringType):
-        return ""
-    return (" (strings: index them in Spark with pyspark.ml.feature.StringIndexer, or, with the TensorFlow "
-            "backend, declare keras.Input(shape=(1,), dtype='string') and let StringLookup/TextVectorization "
-            "in the model do it)")
-
-
-def string_label_hint(leaf: T.DataType, column: str) -> str:
-    """What to do with a string column fed as a label (a model's output is numbers)."""
-    if not isinstance(leaf, T.StringType):
-        return ""
-    return (f" (a string label: if it holds numbers, cast it in Spark, F.col('{column}').cast('double'); if it holds "
-            f"class names, index them with pyspark.ml.feature.StringIndexer and train on the indices)")
-
-
-# -- the cache and the core --------------------------------------------------------------
-def core_spec(binding, field_index: int) -> tuple:
-    """(name, field, dtype, shape, (strings, max_length)): the CacheWriter's spec of a ragged column."""
-    strings = binding.kind == STRING
-    dtype, shape = ("uint8", [-1]) if strings else (binding.dtype, list(binding.shape))
-    options = binding.sequence or DEFAULT_OPTIONS
-    return (binding.column, field_index, dtype, shape, (strings, -1 if strings else options.max_length()))
-
-
-def split_core_specs(columns) -> tuple[list, list]:
-    """Core specs -> (the CacheWriter's 4-tuples, its `ragged` list)."""
-    def ragged(column) -> bool:  # a sparse column's fifth element is its kind, "sparse"
-        return len(column) > 4 and isinstance(column[4], tuple)
-
-    specs = [tuple(c[:4]) if ragged(c) else tuple(c) for c in columns]
-    return specs, [(i, *c[4]) for i, c in enumerate(columns) if ragged(c)]
-
-
-def core_column(binding, shape) -> tuple[str, list[int]]:
-    """The pipeline's (dtype, shape) of a cached column."""
-    if binding.kind == STRING:
-        return "uint8", [-1]
-    return binding.dtype, list(shape)
-
-
-def agree_on_shape(binding, seen: list[list[int]]) -> tuple[int, ...]:
-    """Ragged columns: tasks must agree on the per-step shape; the steps stay -1."""
-    if binding.kind == STRING:
-        return tuple(binding.shape)
-    distinct = {tuple(s[1:]) for s in seen if -1 not in s[1:]}
-    if len(distinct) > 1:
-        found = " and ".join(str(s) for s in sorted(distinct))
-        raise DataError(f"column '{binding.column}' has steps of varying shape across rows: {found}; every step "
-                        f"must have the same shape to feed Keras {binding.role} '{binding.keras_name}'")
-    return (-1, *(distinct.pop() if distinct else binding.shape[1:]))
-
-
+# -- the core's batches ------------------------------------------------------------------
 def compiles_per_shape() -> bool:
     """Whether the active backend compiles one step per input shape (JAX), so batches should take few shapes."""
     import keras
@@ -210,13 +98,12 @@ def compiles_per_shape() -> bool:
     return keras.backend.backend() == "jax"
 
 
-def pipeline_options(cached, batch_size: int) -> dict:
-    """The core Pipeline's ragged/bucketing keywords for a cache."""
-    ragged = [b.sequence.pad(i, b.kind == STRING) for i, b in enumerate(cached.bindings) if b.kind != "dense"]
+def bucketing_options(cached, batch_size: int) -> dict:
+    """The core Pipeline's bucketing keywords for a cache (none without bucketing)."""
     column = bucket_column(cached.bindings)
     if column is None:
-        return dict(ragged=ragged)
-    return dict(ragged=ragged, bucket_column=column, bucket_boundaries=list(boundaries_of(cached, column, batch_size)),
+        return {}
+    return dict(bucket_column=column, bucket_boundaries=list(boundaries_of(cached, column, batch_size)),
                 merge_bucket_tails=compiles_per_shape())
 
 
@@ -290,24 +177,6 @@ def auto_boundaries(lengths: np.ndarray, batch_size: int, max_buckets: int = 16)
     return tuple(int(b) for b in np.unique(cuts + 1))
 
 
-# -- batches ----------------------------------------------------------------------------
-def finish_arrays(arrays: list, bindings) -> list:
-    """The core's arrays as the model takes them: string columns viewed as fixed-width bytes."""
-    for i, b in enumerate(bindings):
-        if b.kind == STRING:
-            arrays[i] = as_strings(arrays[i], b.shape)
-    return arrays
-
-
-def as_strings(padded: np.ndarray, shape) -> np.ndarray:
-    """(rows, width) uint8 -> (rows, *shape) bytes_ (`S<width>`), a view: no copy, no per-row loop.
-
-    Trailing NUL bytes read as padding (NumPy's fixed-width bytes drop them).
-    """
-    rows, width = padded.shape
-    return padded.view(f"S{width}").reshape((rows, *shape))
-
-
 class StepLadder:
     """Pads each batch's steps to one of a few lengths, and counts the batch shapes served.
 
@@ -363,49 +232,6 @@ class StepLadder:
         widths[1] = (extra, 0) if options.padding == "pre" else (0, extra)
         self.extra_steps += extra * len(array)
         return np.pad(array, widths, constant_values=np.asarray(options.pad_value).astype(array.dtype))
-
-
-def tensor_spec(binding, dtype: str, shape):
-    """The tf.TensorSpec of one column of a batch (None where a batch decides)."""
-    import tensorflow as tf
-
-    if binding.kind == STRING:
-        return tf.TensorSpec((None, *binding.shape), tf.string)
-    return tf.TensorSpec((None, *(None if d < 0 else d for d in shape)), tf.as_dtype(dtype))
-
-
-# -- predict ----------------------------------------------------------------------------
-def model_input(column, binding) -> tuple[np.ndarray, np.ndarray]:
-    """One ragged Arrow column of a scoring batch -> (padded array, each row's length)."""
-    from keras_spark import _core
-
-    strings = binding.kind == STRING
-    dtype, shape = core_column(binding, binding.shape)
-    options = binding.sequence or DEFAULT_OPTIONS
-    padded, lengths = _core.to_padded(*column.__arrow_c_array__(), binding.column, dtype, shape,
-                                      options.pad(0, strings), truncate=options.truncating is not None)
-    return (as_strings(padded, binding.shape) if strings else padded), lengths
-
-
-def trims_output(output_shape, bindings) -> bool:
-    """Per-step outputs of models fed a sequence with no fixed length are cut back to each row's length."""
-    first = next((b for b in bindings if b.kind == SEQUENCE), None)
-    per_row = tuple(output_shape)
-    return (first is not None and first.sequence.sequence_length is None and len(per_row) >= 1
-            and per_row[0] is None)
-
-
-def ragged_output(values: np.ndarray, lengths: np.ndarray, padding: str, to_arrow, spark_type):
-    """A per-step (rows, steps, ...) output -> an Arrow list of each row's own steps (no per-row loop)."""
-    import pyarrow as pa
-
-    rows, steps = values.shape[:2]
-    lengths = np.minimum(lengths, steps)
-    position = np.arange(steps)[None, :]
-    keep = position >= (steps - lengths)[:, None] if padding == "pre" else position < lengths[:, None]
-    offsets = np.zeros(rows + 1, np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), to_arrow(values[keep], spark_type.elementType))
 
 
 # -- figures ----------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from pyspark.sql import types as T
 
-from keras_spark.binding import ColumnBinding, _column_or_error, column_depth, describe_type
 from keras_spark.errors import BindingError, DataError
+from keras_spark.kinds.schema import ColumnBinding, column_depth, column_or_error, describe_type
 
 WEIGHT_ROLE = "weight"
 _WEIGHT_NAME = "__sample_weight__"  # never a Keras input or output name
@@ -26,7 +26,7 @@ def bind_weight_column(schema: T.StructType, column, floatx: str = "float32") ->
             f"with a Spark DataFrame, sample_weight is the name of a column of row weights; got "
             f"{type(column).__name__}. Add the weights to the DataFrame as a column and pass its name"
         )
-    field = _column_or_error(schema, column, f"sample_weight='{column}'")
+    field = column_or_error(schema, column, f"sample_weight='{column}'")
     depth, _ = column_depth(field.dataType, column)
     if depth != 0 or isinstance(field.dataType, T.BooleanType):
         raise BindingError(

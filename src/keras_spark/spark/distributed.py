@@ -35,12 +35,14 @@ import time
 import pyarrow as pa
 from pyspark.sql import functions as F
 
-from keras_spark import binding, scratch, sequences
+from keras_spark import scratch, sequences
 from keras_spark.devices import gpu_env, task_gpu_addresses
 from keras_spark.errors import BindingError, DataError, TrainingError
+from keras_spark.kinds import kind_of
+from keras_spark.kinds.schema import describe_type
 from keras_spark.spark import is_spark_dataframe
 from keras_spark.spark.executors import check_executors, worker_python
-from keras_spark.spark.extract import _agree_on_shape, _assemble, _write_rows
+from keras_spark.spark.extract import _assemble, _write_rows
 from keras_spark.spark.score import threads_per_task
 from keras_spark.spark.session import ship_bytes, task_slots
 from keras_spark.spark.training_gpus import check_training_gpus, training_profile
@@ -193,7 +195,8 @@ def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, e
         initial_epoch=int(initial_epoch), shuffle=bool(shuffle), seed=random.getrandbits(62),
         num_parallel_calls=num_parallel_calls, verbose=1 if verbose == "auto" else verbose, fit_kwargs=fit_kwargs,
         callbacks=_pickled(callbacks or []), cache_dir=cache_dir, bindings=bindings,
-        columns=[b.core_spec(names.index(b.column)) for b in bindings], pid_index=names.index(partition_col),
+        columns=[kind_of(b).core_spec(b, names.index(b.column)) for b in bindings],
+        pid_index=names.index(partition_col),
         partition_col=partition_col, validation_offset=offset,
         validation_local_batch=validation_batch_size // num_workers, allow_non_finite=allow_non_finite,
         class_weight=class_weight,
@@ -221,8 +224,8 @@ def _with_validation(selected, validation_data, names: list[str], partition_col:
         train_type, val_type = selected.schema[name].dataType, validation_data.schema[name].dataType
         if train_type != val_type:
             raise BindingError(
-                f"validation_data column '{name}' has type {binding.describe_type(val_type)}; with num_workers > 1 "
-                f"it must have the training data's type, {binding.describe_type(train_type)} (cast it in Spark)"
+                f"validation_data column '{name}' has type {describe_type(val_type)}; with num_workers > 1 "
+                f"it must have the training data's type, {describe_type(train_type)} (cast it in Spark)"
             )
     pid = F.col(f"`{partition_col}`")
     offset = VALIDATION_ID_OFFSET
@@ -308,7 +311,8 @@ def _barrier_task(batches, *, job: WorkerJob, package):
             yield _result_row(rank, {"rank": rank, "error": problem})
             return
         cached = _assemble(workdir, job.bindings, [info])
-        cached.shapes = [_agree_on_shape(b, [i["shapes"][c] for i in infos]) for c, b in enumerate(job.bindings)]
+        cached.shapes = [kind_of(b).agree_on_shape(b, [i["shapes"][c] for i in infos])
+                         for c, b in enumerate(job.bindings)]
         train, validation = _split_cache(cached, job.validation_offset)
         result = _run_worker(workdir, rank, dataclasses.replace(
             job, rank=rank, cached=train, validation=validation, coordinator=infos[0]["coordinator"],

@@ -30,9 +30,10 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import functions as F
 
-from keras_spark import _core, scratch, sequences, sparse
-from keras_spark.binding import ColumnBinding
+from keras_spark import _core, scratch
 from keras_spark.errors import DataError
+from keras_spark.kinds import kind_of, split_core_specs
+from keras_spark.kinds.schema import ColumnBinding
 from keras_spark.spark import executors, row_location, session
 
 _PASS_SCHEMA = "info string"
@@ -58,9 +59,8 @@ class CachedData:
     path: str = EXECUTORS_WROTE  # how the rows reached the cache: EXECUTORS_WROTE, CLIENT_WROTE or both
 
     def column_specs(self) -> list[tuple]:
-        """(dtype, shape) a column as the core's Pipeline takes them; ("sparse" last for a sparse one)."""
-        return [sparse.layout_spec(*sequences.core_column(b, s), b.sparse)
-                for b, s in zip(self.bindings, self.shapes, strict=True)]
+        """(dtype, shape[, layout]) a column as the core's Pipeline takes them (`ColumnKind.pipeline_column`)."""
+        return [kind_of(b).pipeline_column(b, s) for b, s in zip(self.bindings, self.shapes, strict=True)]
 
     def row_bytes(self) -> int:
         """Bytes of one row across all cached columns."""
@@ -75,7 +75,7 @@ def _write_rows(batches, prefix: str, columns, pid_index: int, allow_non_finite:
                 id_index: int | None = None) -> str:
     """Feed Arrow batches to one CacheWriter; the task's summary as JSON (errors are data, with the bad
     row's partition id, position among that id's rows here, and `id_index` column's value)."""
-    columns, ragged = sequences.split_core_specs(columns)
+    columns, ragged = split_core_specs(columns)
     writer = _core.CacheWriter(prefix, columns, pid_index, allow_non_finite=allow_non_finite, ragged=ragged)
     batch = None
     try:
@@ -145,7 +145,7 @@ def extract(df, bindings: list[ColumnBinding], partition_col: str, *, cache_dir:
     id_column = row_location.identifying_column(df.schema, row_id_col)
     directory = scratch.make_dir(parent=cache_dir)
     selected, names = _select_sorted(df, bindings, partition_col, id_column)
-    columns = [b.core_spec(names.index(b.column)) for b in bindings]
+    columns = [kind_of(b).core_spec(b, names.index(b.column)) for b in bindings]
     pid_index, id_index = names.index(partition_col), names.index(id_column) if id_column else None
     try:
         infos = None if stream else _executors_write(selected, directory, columns, pid_index, allow_non_finite,
@@ -320,7 +320,7 @@ def _assemble(directory: str, bindings: list[ColumnBinding], infos: list[dict]) 
     rows = sum(info["rows"] for info in infos)
     if rows == 0:
         raise DataError("the DataFrame has no rows; keras-spark needs at least one row to train or evaluate on")
-    shapes = [_agree_on_shape(b, [info["shapes"][i] for info in infos]) for i, b in enumerate(bindings)]
+    shapes = [kind_of(b).agree_on_shape(b, [info["shapes"][i] for info in infos]) for i, b in enumerate(bindings)]
     by_pid: dict[int, list[tuple[int, int, int]]] = {}
     for chunk, info in enumerate(infos):
         for pid, start, count in info["runs"]:
@@ -336,16 +336,3 @@ def _assemble(directory: str, bindings: list[ColumnBinding], infos: list[dict]) 
         rows=rows,
     )
 
-
-def _agree_on_shape(binding: ColumnBinding, seen: list[list[int]]) -> tuple[int, ...]:
-    """Tasks resolve unknown dimensions separately; they must all have seen the same."""
-    if binding.kind != "dense":
-        return sequences.agree_on_shape(binding, seen)
-    distinct = {tuple(s) for s in seen if -1 not in s}
-    if len(distinct) > 1:
-        found = " and ".join(str(s) for s in sorted(distinct))
-        raise DataError(
-            f"column '{binding.column}' has arrays of varying shape across rows: {found}; "
-            f"every row must have the same shape to feed Keras {binding.role} '{binding.keras_name}'"
-        )
-    return distinct.pop() if distinct else tuple(binding.shape)

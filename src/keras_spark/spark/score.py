@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import types as T
 
-from keras_spark import sequences, sparse
-from keras_spark.binding import ColumnBinding
+from keras_spark.kinds import kind_of
+from keras_spark.kinds.schema import ColumnBinding
 from keras_spark.spark.executors import check_executors, worker_python
 from keras_spark.spark.session import ship_bytes, task_gpu_amount
 
@@ -116,36 +116,26 @@ def limit_threads(threads: int) -> None:
     os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}")
 
 
-def _dense_inputs(batch: pa.RecordBatch, bindings: list[ColumnBinding]) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """The model's input arrays, and each row's length in the first sequence input (None without one)."""
-    from keras_spark import _core
-
+def _model_inputs(batch: pa.RecordBatch, bindings: list[ColumnBinding]) -> tuple[list, np.ndarray | None]:
+    """The model's inputs (`ColumnKind.predict_input`), and each row's length in the first input that gives
+    them (a sequence; None without one)."""
     arrays, row_lengths = [], None
     for b in bindings:
         column = batch.column(batch.schema.get_field_index(b.column))
-        if b.sparse:  # converted a scoring chunk at a time, to the backend's sparse tensor
-            arrays.append(sparse.SparseColumnRows(column, b))
-            continue
-        if b.kind != "dense":  # padded; each row's own length kept for per-step outputs
-            padded, lengths = sequences.model_input(column, b)
-            arrays.append(padded)
-            if row_lengths is None and b.kind == sequences.SEQUENCE:
-                row_lengths = lengths
-            continue
-        # A NaN input scores to a NaN output (not silent); only casts the dtype cannot hold are errors.
-        dense, _ = _core.to_dense(*column.__arrow_c_array__(), b.column, b.core_dtype, list(b.shape),
-                                  allow_non_finite=True)
-        arrays.append(dense)
+        array, lengths = kind_of(b).predict_input(b, column)
+        arrays.append(array)
+        if row_lengths is None:
+            row_lengths = lengths
     return arrays, row_lengths
 
 
 def _checked_inputs(batch: pa.RecordBatch, bindings: list[ColumnBinding]):
-    """`_dense_inputs`, with a bad value raised as the DataError fit raises on the driver, in the same words."""
+    """`_model_inputs`, with a bad value raised as the DataError fit raises on the driver, in the same words."""
     from keras_spark import _core
     from keras_spark.errors import DataError
 
     try:
-        return _dense_inputs(batch, bindings)
+        return _model_inputs(batch, bindings)
     except _core.ColumnError as error:
         raise DataError(str(error)) from None  # the core's own type means nothing to a user
 
@@ -171,8 +161,10 @@ def _score_batches(batches, *, model_id, package, backend, bindings, output_type
     model = _load_model(model_id, package, backend)
     devices.after_backend_import(placement)
     names = [t for t, _ in output_types]
-    trims = [sequences.trims_output(t.shape[1:], bindings) for t in model.outputs]
-    padding = next((b.sequence.padding for b in bindings if b.kind == sequences.SEQUENCE), "post")
+    kinds = [kind_of(b) for b in bindings]
+    # Per-step outputs follow the first input whose kind shapes them (a sequence), cut to its rows' lengths.
+    lead = next((b for b in bindings if kind_of(b).per_step_outputs), None)
+    trims = [lead is not None and kind_of(lead).trims_output(lead, t.shape[1:]) for t in model.outputs]
     for batch in batches:
         if batch.num_rows == 0:
             continue
@@ -180,12 +172,13 @@ def _score_batches(batches, *, model_id, package, backend, bindings, output_type
         step = batch_size or default_batch_rows(sum(a[:1].nbytes for a in inputs))
         chunks = []
         for start in range(0, batch.num_rows, step):
-            x = keras.tree.pack_sequence_as(model.input, [sparse.model_input(a[start:start + step]) for a in inputs])
+            x = keras.tree.pack_sequence_as(model.input, [kind.model_input(a[start:start + step])
+                                                          for kind, a in zip(kinds, inputs, strict=True)])
             out = model.predict_on_batch(x)
             chunks.append(keras.tree.flatten(out))
         outputs = [np.concatenate([c[i] for c in chunks]) if len(chunks) > 1 else chunks[0][i]
                    for i in range(len(names))]
-        fields = [sequences.ragged_output(np.asarray(o), row_lengths, padding, _to_arrow, spark_type)
+        fields = [kind_of(lead).predict_output(lead, np.asarray(o), row_lengths, _to_arrow, spark_type)
                   if trim else _to_arrow(np.asarray(o), spark_type)
                   for o, (_, spark_type), trim in zip(outputs, output_types, trims, strict=True)]
         struct = pa.StructArray.from_arrays(fields, names=names)

@@ -14,8 +14,9 @@ import time
 
 import keras
 
-from keras_spark import binding, sequences, sparse
+from keras_spark import binding, sequences
 from keras_spark.feed import BatchFeed, batches_per_pull, keras_input
+from keras_spark.kinds import data_parallel_refusal
 from keras_spark.progress import RowsTrained, with_callback
 from keras_spark.shutdown import terminate_cleanly
 from keras_spark.spark import is_spark_dataframe
@@ -135,17 +136,13 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
         raise ValueError(f"num_workers must be a positive integer; got {num_workers!r}")
     train_bindings = _bind(model, df, partition_col, with_labels=True, sample_weight=sample_weight,
                            sequence_options=sequence_options, image_resize=image_resize)
-    sparse.check_single_process(train_bindings, num_workers)
+    refusal = data_parallel_refusal(train_bindings, num_workers) if num_workers > 1 else None
+    if refusal:  # a kind that trains on the driver only (sparse, string: ColumnKind.data_parallel_refusal)
+        raise ValueError(refusal)
     spark_validation = validation_data is not None and is_spark_dataframe(validation_data)
     val_bindings = (_bind(model, validation_data, partition_col, True, sequence_options=sequence_options,
                           image_resize=image_resize)
                     if spark_validation else None)
-    strings = [b.column for b in train_bindings if b.kind == sequences.STRING]
-    if num_workers > 1 and strings:
-        raise ValueError(
-            f"num_workers={num_workers} trains under JAX or PyTorch, which have no string tensors, and string "
-            f"column(s) {strings} feed only TensorFlow; index the strings in Spark (StringIndexer) to train with "
-            f"workers, or train with num_workers=1 under TensorFlow")
     if num_workers > 1:
         from keras_spark.spark.distributed import fit_distributed
 

@@ -22,10 +22,14 @@ Example:
 from __future__ import annotations
 
 import numpy as np
+from pyspark.sql import types as T
 
 from keras_spark.errors import BindingError
+from keras_spark.kinds.base import ColumnKind
+from keras_spark.kinds.dense import DenseKind
+from keras_spark.kinds.schema import ColumnBinding, input_shape
 
-SPARSE_KIND = "sparse"
+SPARSE = "sparse"
 _SPARSE_BACKENDS = ("tensorflow", "jax")
 
 
@@ -64,16 +68,6 @@ def check_sparse_input(name: str, spark_type, shape: tuple[int, ...]) -> None:
         )
 
 
-def layout_spec(dtype: str, shape, sparse: bool) -> tuple:
-    """A cached column as the core's Pipeline takes it: (dtype, shape) or (dtype, shape, "sparse")."""
-    return (dtype, list(shape), SPARSE_KIND) if sparse else (dtype, list(shape))
-
-
-def has_sparse(columns) -> bool:
-    """Whether any of the core's (dtype, shape[, kind]) columns is sparse."""
-    return any(len(c) > 2 and c[2] == SPARSE_KIND for c in columns)
-
-
 def core_layout() -> dict:
     """The core's sparse batch layout for the active backend (keywords of Pipeline and to_sparse)."""
     if _backend() == "jax":
@@ -90,43 +84,6 @@ def to_tensor(indices: np.ndarray, values: np.ndarray, dense_shape: tuple[int, i
     import tensorflow as tf
 
     return tf.SparseTensor(indices, values, dense_shape)
-
-
-def batch_converter(columns):
-    """A function turning the core's column list into tensors: sparse columns' COO tuples -> sparse tensors."""
-    positions = [i for i, c in enumerate(columns) if len(c) > 2 and c[2] == SPARSE_KIND]
-    if not positions:
-        return lambda arrays: arrays
-
-    def convert(arrays):
-        arrays = list(arrays)
-        for i in positions:
-            arrays[i] = to_tensor(*arrays[i])
-        return arrays
-
-    return convert
-
-
-def tensor_spec(column):
-    """A core column (dtype, shape[, kind]) as a batch's `tf.TensorSpec` or `tf.SparseTensorSpec`."""
-    import tensorflow as tf
-
-    dtype, shape = column[0], column[1]
-    if len(column) > 2 and column[2] == SPARSE_KIND:
-        return tf.SparseTensorSpec((None, *shape), tf.as_dtype(dtype))
-    return tf.TensorSpec((None, *shape), tf.as_dtype(dtype))
-
-
-def check_single_process(bindings, num_workers: int) -> None:
-    """Sparse inputs train on the driver: data-parallel JAX assembles each step's batches into one
-    global array, which a BCOO batch cannot be, and Keras has no sparse tensors under PyTorch."""
-    sparse = [b.column for b in bindings if getattr(b, "sparse", False)]
-    if sparse and num_workers > 1:
-        raise ValueError(
-            f"num_workers={num_workers} does not take sparse=True inputs ({sparse}): data-parallel JAX makes each "
-            f"step's batches one global array, which a sparse (BCOO) batch cannot be; train them with "
-            f"num_workers=1, or declare the inputs sparse=False to feed the vectors densified (d numbers a row)"
-        )
 
 
 class SparseColumnRows:
@@ -161,6 +118,52 @@ class SparseColumnRows:
         return to_tensor(*coo)
 
 
-def model_input(x):
-    """What the model takes for one scoring input: a sparse tensor for sparse columns, else `x` itself."""
-    return x.to_tensor() if isinstance(x, SparseColumnRows) else x
+class SparseKind(DenseKind):
+    """A Spark ML vector fed to a `sparse=True` input as its non-zeros (COO batches, never densified)."""
+
+    name = SPARSE
+    staged_on_device = False  # sparse batches are not staged (untested on a GPU)
+    slices_pulls = False  # a pulled SparseTensor cannot be cut into batches by slicing
+
+    def bind_input(self, tensor, field: T.StructField, *, image_fit: str) -> ColumnBinding | None:
+        if not is_sparse_input(tensor):
+            return None
+        check_sparse_input(tensor.name, field.dataType, input_shape(tensor.shape))
+        return self._bind(tensor, field)
+
+    bind_label = ColumnKind.bind_label  # sparse tensors are inputs only
+
+    def core_spec(self, binding: ColumnBinding, field_index: int) -> tuple:
+        return (*super().core_spec(binding, field_index), SPARSE)
+
+    def pipeline_column(self, binding: ColumnBinding, shape) -> tuple:
+        """A cached column as the core's Pipeline takes it: (dtype, shape, "sparse")."""
+        return binding.dtype, list(shape), SPARSE
+
+    def pipeline_layout(self) -> dict:
+        return core_layout()
+
+    def to_backend(self, array):
+        return to_tensor(*array)
+
+    def tensor_spec(self, binding: ColumnBinding, column: tuple):
+        """A batch's `tf.SparseTensorSpec`."""
+        import tensorflow as tf
+
+        return tf.SparseTensorSpec((None, *column[1]), tf.as_dtype(column[0]))
+
+    def predict_input(self, binding: ColumnBinding, column) -> tuple:
+        """Converted a scoring chunk at a time (`model_input`), to the backend's sparse tensor."""
+        return SparseColumnRows(column, binding), None
+
+    def model_input(self, rows):
+        return rows.to_tensor()
+
+    def data_parallel_refusal(self, columns: list[str], num_workers: int) -> str | None:
+        """Sparse inputs train on the driver: data-parallel JAX assembles each step's batches into one
+        global array, which a BCOO batch cannot be, and Keras has no sparse tensors under PyTorch."""
+        return (
+            f"num_workers={num_workers} does not take sparse=True inputs ({columns}): data-parallel JAX makes each "
+            f"step's batches one global array, which a sparse (BCOO) batch cannot be; train them with "
+            f"num_workers=1, or declare the inputs sparse=False to feed the vectors densified (d numbers a row)"
+        )

@@ -24,6 +24,11 @@ from __future__ import annotations
 from pyspark.sql import types as T
 
 from keras_spark.errors import BindingError
+from keras_spark.kinds.base import ColumnKind
+from keras_spark.kinds.dense import DenseKind
+from keras_spark.kinds.schema import ColumnBinding, describe_type, input_shape
+
+IMAGE = "image"
 
 IMAGE_RESIZE_CHOICES = (None, "resize", "center_crop")
 """tuple[str | None, ...]: the values of `image_resize` (see the module docstring)."""
@@ -59,3 +64,24 @@ def check_image_input(column: str, spark_type: str, shape: tuple[int, ...], dtyp
             f"column '{column}' holds images, but Keras input '{column}' has dtype {dtype}; use one of {IMAGE_DTYPES}"
             f" (uint8 keeps the cache smallest)"
         )
+
+
+class ImageKind(DenseKind):
+    """An image column (encoded files or Spark's image struct) feeding a (height, width, channels) input;
+    the core decodes it, and fits it as `ColumnBinding.image` says."""
+
+    name = IMAGE
+
+    def bind_input(self, tensor, field: T.StructField, *, image_fit: str) -> ColumnBinding | None:
+        if not is_image_type(field.dataType) or str(tensor.dtype) == "string":  # binary into a string input: bytes
+            return None
+        name = tensor.name
+        shape, dtype, spark_type = input_shape(tensor.shape), str(tensor.dtype), describe_type(field.dataType)
+        check_image_input(name, spark_type, shape, dtype)
+        return ColumnBinding(name, "input", name, dtype, shape, spark_type, kind=self.name, image=image_fit)
+
+    def core_dtype(self, binding: ColumnBinding) -> str:
+        """The dtype as the C++ core takes it: an image column's fit follows it (`uint8;image=resize`)."""
+        return f"{binding.dtype};image={binding.image}"
+
+    bind_label = ColumnKind.bind_label  # images are inputs only
