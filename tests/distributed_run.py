@@ -53,15 +53,23 @@ def model():
     return m
 
 
-def same_arithmetic():
-    # Round-robin interleave of 4 equal ids = two workers each interleaving 2 of them:
-    # every global batch holds the same rows, so the weights must agree.
-    df, val = frame([1000, 1000, 1000, 1000]), frame([256, 256], seed=5)
-    one, two = model(), model()
-    kwargs = dict(batch_size=64, epochs=2, shuffle=False, num_parallel_calls=4, verbose=0, validation_data=val)
+def one_and_two(make_model, df, **kwargs):
+    """The same model fit on one worker and on two: (history of 1, history of 2, largest weight gap, model of 2).
+
+    Round-robin interleave of 4 equal ids = two workers each interleaving 2 of them: every
+    global batch holds the same rows, so the weights must agree.
+    """
+    one, two = make_model(), make_model()
+    kwargs = dict(epochs=2, shuffle=False, num_parallel_calls=4, verbose=0, **kwargs)
     h1 = one.fit(df, **kwargs)
     h2 = two.fit(df, num_workers=2, **kwargs)
     diff = max(float(np.abs(a - b).max()) for a, b in zip(one.get_weights(), two.get_weights(), strict=True))
+    return h1, h2, diff, two
+
+
+def same_arithmetic():
+    df, val = frame([1000, 1000, 1000, 1000]), frame([256, 256], seed=5)
+    h1, h2, diff, two = one_and_two(model, df, batch_size=64, validation_data=val)
     report("same_arithmetic", max_weight_diff=diff, history1=h1.history, history2=h2.history,
            epochs=h2.epoch, optimizer_iterations=int(two.optimizer.iterations.numpy()))
 
@@ -189,11 +197,7 @@ def sequence_model():
 def sequences():
     """Variable-length rows: one worker and two end alike (padding is masked); bucketed, every row once."""
     df, val = sequence_frame([300, 300, 300, 300]), sequence_frame([96, 96], seed=5)
-    one, two = sequence_model(), sequence_model()
-    kwargs = dict(batch_size=32, epochs=2, shuffle=False, num_parallel_calls=4, verbose=0, validation_data=val)
-    h1 = one.fit(df, **kwargs)
-    h2 = two.fit(df, num_workers=2, **kwargs)
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(one.get_weights(), two.get_weights(), strict=True))
+    h1, h2, diff, _ = one_and_two(sequence_model, df, batch_size=32, validation_data=val)
     bucketed = sequence_model()
     sizes = [700, 400, 211]
     h3 = bucketed.fit(sequence_frame(sizes, seed=2), batch_size=32, epochs=3, verbose=0, num_workers=2,
@@ -234,12 +238,7 @@ def mixed_model():
 
 def images_vectors_weights():
     """Image, densified vector and weight columns: two workers end with one worker's weights."""
-    df = mixed_frame([160, 160, 160, 160])
-    one, two = mixed_model(), mixed_model()
-    kwargs = dict(batch_size=32, epochs=2, shuffle=False, num_parallel_calls=4, verbose=0, sample_weight="w")
-    h1 = one.fit(df, **kwargs)
-    h2 = two.fit(df, num_workers=2, **kwargs)
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(one.get_weights(), two.get_weights(), strict=True))
+    h1, h2, diff, two = one_and_two(mixed_model, mixed_frame([160, 160, 160, 160]), batch_size=32, sample_weight="w")
     report("images_vectors_weights", max_weight_diff=diff, history1=h1.history, history2=h2.history,
            rows=two.data_stats["rows"])
 

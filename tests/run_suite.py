@@ -6,8 +6,8 @@
 
 A backend is fixed per process, so each pass is its own pytest process (tests/conftest.py says which tests
 a pass runs: `backend_independent` tests run in the tensorflow pass only). Much of a pass is waiting
-(JVM starts, Python workers, scenario subprocesses), so passes run side by side, in `--jobs` lanes: by
-default two, the longest pass (jax: the num_workers scenarios) in a lane of its own. Each pass writes
+(JVM starts, Python workers, scenario subprocesses), so passes run side by side, `--jobs` at once (default
+two): the longest two start together and each later pass starts when a lane comes free. Each pass writes
 its log to build/test-logs/<backend>.log and gets its own TMPDIR; the summary gives each pass's result
 line and time, and the tail of a failing pass's log.
 """
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = ["jax", "tensorflow", "torch"]  # longest first: lanes take passes in this order
+BACKENDS = ["jax", "tensorflow", "torch"]  # longest first: free lanes take passes in this order
 NOTHING_TO_RUN = 5  # pytest's exit status when a pass selects no test (e.g. only backend_independent ones)
 
 
@@ -63,11 +63,24 @@ class Pass:
         return f"exit {self.returncode} in {self.seconds / 60:.1f} min: {result}"
 
 
-def _lanes(passes: list[Pass], jobs: int) -> list[list[Pass]]:
-    lanes: list[list[Pass]] = [[] for _ in range(max(1, min(jobs, len(passes))))]
-    for i, one in enumerate(passes):  # the first (longest) pass alone, the others dealt over the rest
-        lanes[0 if len(lanes) == 1 else (0 if i == 0 else 1 + (i - 1) % (len(lanes) - 1))].append(one)
-    return lanes
+def _run_in_lanes(passes: list[Pass], jobs: int) -> None:
+    """Run the passes, at most `jobs` at once; a lane that comes free takes the next pass in order."""
+    waiting = list(passes)
+    lock = threading.Lock()
+
+    def lane() -> None:
+        while True:
+            with lock:
+                if not waiting:
+                    return
+                one = waiting.pop(0)
+            one.run()
+
+    threads = [threading.Thread(target=lane) for _ in range(max(1, min(jobs, len(passes))))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def main(argv: list[str]) -> int:
@@ -81,12 +94,7 @@ def main(argv: list[str]) -> int:
     passes = [Pass(b, args.sessions, logs, pytest_args) for b in backends]
     print(f"test passes {backends}, sessions {args.sessions}, {args.jobs} at once; logs in {logs}", flush=True)
     start = time.monotonic()
-    lanes = _lanes(passes, args.jobs)
-    threads = [threading.Thread(target=lambda lane=lane: [one.run() for one in lane]) for lane in lanes]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _run_in_lanes(passes, args.jobs)
     failed = [one for one in passes if one.returncode not in (0, NOTHING_TO_RUN)]
     for one in failed:
         print(f"\n---- {one.backend} pass failed; the end of {one.log}:\n", flush=True)
