@@ -322,11 +322,6 @@ def keras_input(feed: BatchFeed, endless: bool = False):
     return stage_on_device(batches, feed.device_wait)
 
 
-def step_plan(rows: int, local_batch: int) -> list[int]:
-    """Rows in each step of a pass of `rows` rows in batches of `local_batch` (no buckets)."""
-    return [min(local_batch, rows - start) for start in range(0, rows, local_batch)]
-
-
 def lockstep_weights(plans: list[list[int]], local_batch: int, step: int) -> tuple[int, float]:
     """(real rows across all workers at `step` of an epoch, the weight of each real row).
 

@@ -1,7 +1,7 @@
 """What each data-parallel training process is told: one typed, frozen record.
 
 Built on the driver for the whole barrier stage (`fit_distributed`), completed by each
-barrier task with what only it knows (its rank, its cache, its peers' row counts), then
+barrier task with what only it knows (its rank, its cache, the longest sequence row of all), then
 by `_run_worker` with where the process leaves its result. Each step is a
 `dataclasses.replace`, so no step can lose or misspell a setting.
 """
@@ -41,8 +41,6 @@ class WorkerJob:
     cached: Any = None  # this worker's training rows (CachedData)
     validation: Any = None  # this worker's validation rows, or None
     coordinator: str = ""  # rank 0's host:port for the backend's distributed runtime
-    worker_rows: list[int] = field(default_factory=list)
-    validation_rows: list[int] = field(default_factory=list)
     sequence_steps: int | None = None  # the longest sequence row of all ranks (training and validation rows)
     package: bytes = b""  # the model package (model_package.py)
     threads: int = 1  # the task's cores

@@ -300,7 +300,7 @@ def _barrier_task(batches, *, job: WorkerJob, package):
         info = json.loads(_write_rows(batches, os.path.join(workdir, "rows"), job.columns, job.pid_index,
                                       job.allow_non_finite))
         info["stray"] = _stray_ids(info, job.owner, rank)
-        info["train_rows"], info["validation_rows"] = _split_rows(info, job.validation_offset)
+        info["train_rows"] = _training_rows(info, job.validation_offset)
         if "error" not in info and info.get("rows"):
             info.update(_local_facts(workdir, job.bindings, info))
         if rank == 0:
@@ -316,7 +316,6 @@ def _barrier_task(batches, *, job: WorkerJob, package):
         train, validation = _split_cache(cached, job.validation_offset)
         result = _run_worker(workdir, rank, dataclasses.replace(
             job, rank=rank, cached=train, validation=validation, coordinator=infos[0]["coordinator"],
-            worker_rows=[i["train_rows"] for i in infos], validation_rows=[i["validation_rows"] for i in infos],
             sequence_steps=max((i.get("longest", 0) for i in infos), default=0) or None,
             package=package.value, threads=threads_per_task(), gpu_addresses=task_gpu_addresses(),
         ))
@@ -338,9 +337,10 @@ def _local_facts(workdir: str, bindings, info: dict) -> dict:
     return {"longest": sequences.longest_row(cached)}
 
 
-def _split_rows(info: dict, offset: int | None) -> tuple[int, int]:
+def _training_rows(info: dict, offset: int | None) -> int:
+    """The task's rows less its validation rows (ids shifted past `offset`)."""
     validation = sum(int(n) for pid, _, n in info.get("runs", []) if offset is not None and pid >= offset)
-    return info.get("rows", 0) - validation, validation
+    return info.get("rows", 0) - validation
 
 
 def _split_cache(cached, offset: int | None):
