@@ -243,6 +243,50 @@ def images_vectors_weights():
            rows=two.data_stats["rows"])
 
 
+def sparse_frame(sizes, seed=0, width=40):
+    """A Spark ML vector column of 0..9 non-zeros a row (some rows stored dense), y = x . w."""
+    from pyspark.ml.linalg import DenseVector, SparseVector, VectorUDT
+    from pyspark.sql import types as T
+
+    rng = np.random.default_rng(seed)
+    w = np.linspace(-1, 1, width)
+    data = []
+    for pid, size in enumerate(sizes):
+        for r in range(size):
+            idx = np.sort(rng.choice(width, int(rng.integers(0, 10)), replace=False))
+            values = rng.normal(size=len(idx))
+            dense = np.zeros(width)
+            dense[idx] = values
+            x = DenseVector(dense) if r % 9 == 4 else SparseVector(width, idx, values)
+            data.append((pid, x, float(dense @ w)))
+    schema = T.StructType([T.StructField("partition_id", T.IntegerType()), T.StructField("x", VectorUDT()),
+                           T.StructField("y", T.DoubleType())])
+    return spark.createDataFrame(data, schema)
+
+
+def sparse_model():
+    keras.utils.set_random_seed(6)
+    x = keras.Input((40,), sparse=True, name="x")
+    h = keras.layers.Dense(8, activation="tanh")(x)
+    m = KerasSparkModel(x, keras.layers.Dense(1, name="y")(h))
+    m.compile(keras.optimizers.SGD(0.05), "mse", metrics=["mae"])
+    return m
+
+
+def sparse_vectors():
+    """sparse=True inputs (JAX: BCOO batches laid out by row): two workers end with one worker's weights;
+    uneven ids pad steps with repeated rows."""
+    df, val = sparse_frame([150, 150, 150, 150]), sparse_frame([64, 64], seed=5)  # val: whole steps, no pads
+    h1, h2, diff, two = one_and_two(sparse_model, df, batch_size=32, validation_data=val)
+    uneven = sparse_model()
+    sizes = [300, 120, 45]
+    h3 = uneven.fit(sparse_frame(sizes, seed=2), batch_size=32, epochs=3, verbose=0, num_workers=2)
+    stats = uneven.data_stats
+    report("sparse_vectors", max_weight_diff=diff, history1=h1.history, history2=h2.history,
+           rows=two.data_stats["rows"], total=sum(sizes), uneven_rows=stats["rows"],
+           rows_per_worker=stats["rows_per_worker"], uneven_loss=h3.history["loss"])
+
+
 def refusals():
     df = frame([100, 100, 100])
     messages = {}
@@ -262,8 +306,9 @@ def refusals():
     report("refusals", messages=messages)
 
 
+SPARSE = ["sparse_vectors"] if keras.backend.backend() == "jax" else []  # Keras has no sparse inputs under torch
 for scenario in sys.argv[1:] or ["refusals", "same_arithmetic", "uneven", "sequences", "images_vectors_weights",
-                                 "worker_raises", "resume_after_failure"]:
+                                 *SPARSE, "worker_raises", "resume_after_failure"]:
     globals()[scenario]()
 spark.stop()
 shutil.rmtree(run_tmp, ignore_errors=True)  # the scenarios' own folders (scratch is inside it)

@@ -69,6 +69,20 @@ def test_images_vectors_and_weights_train_with_two_workers_as_with_one(scenarios
     assert result["rows"] == 2 * 640
 
 
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND") == "torch",
+                    reason="Keras has no sparse inputs under PyTorch (keras.Input(sparse=True) is refused)")
+def test_sparse_vectors_train_with_two_workers_as_with_one(scenarios):
+    result = scenarios["sparse_vectors"]
+    assert result["max_weight_diff"] < 1e-5
+    one, two = result["history1"], result["history2"]
+    for key in ("mae", "val_loss", "val_mae"):
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-5)
+    assert result["rows"] == 2 * 600
+    assert sum(result["rows_per_worker"]) == result["total"]
+    assert result["uneven_rows"] == 3 * result["total"]
+    assert result["uneven_loss"][-1] < 0.5 * result["uneven_loss"][0]
+
+
 def test_a_failing_worker_fails_fit_with_its_own_error(scenarios):
     result = scenarios["worker_raises"]
     assert result["raised"] == "TrainingError"
@@ -144,6 +158,12 @@ def test_pad_rows_repeat_real_rows_at_weight_zero():
         def next_arrays(self):
             return next(self.batches)
 
+        def row_count(self, arrays):
+            return len(arrays[0])
+
+        def rows_at(self, arrays, index):
+            return [a[index] for a in arrays]
+
         def pack(self, arrays):
             return arrays[0], arrays[0][:, :1]
 
@@ -157,6 +177,24 @@ def test_pad_rows_repeat_real_rows_at_weight_zero():
     x, _, weights = next(steps)  # a step of pads only: the last batch's first row, weight 0
     np.testing.assert_array_equal(x, [[8, 9]] * 4)
     assert not weights.any() and np.signbit(weights).all()
+
+
+@pytest.mark.backend_independent
+def test_a_sparse_batch_laid_out_by_row_is_padded_by_row():
+    from keras_spark.kinds.sparse import SparseKind
+
+    indices = np.array([[[1], [4]], [[2], [0]]], np.int32)  # row 0: columns 1, 4; row 1: column 2
+    values = np.array([[1.0, 2.0], [3.0, 0.0]], np.float32)
+    kind = SparseKind()
+    batch = (indices, values, (2, 6))
+    assert kind.row_count(batch) == 2
+    got_indices, got_values, shape = kind.rows_at(batch, np.arange(5) % 2)
+    assert shape == (5, 6)
+    np.testing.assert_array_equal(got_indices[:, :, 0], [[1, 4], [2, 0], [1, 4], [2, 0], [1, 4]])
+    np.testing.assert_array_equal(got_values[4], [1.0, 2.0])
+    coo = (np.array([[0, 1], [1, 2]]), np.array([1.0, 3.0]), (2, 6))
+    with pytest.raises(RuntimeError, match="laid out by row"):
+        kind.rows_at(coo, np.arange(3))
 
 
 def _expect_refusal(spark, match, **fit_kwargs):

@@ -134,6 +134,32 @@ def test_jax_layout_pads_entries_with_zeros_to_a_few_sizes(tmp_path):
     assert len(sizes) < p.steps_per_epoch
 
 
+@pytest.mark.backend_independent
+def test_data_parallel_layout_batches_entries_by_row(tmp_path):
+    """BCOO with n_batch=1: values [rows, k], column indices [rows, k, 1]; a row's unused entries are
+    column 0, value 0, so the batch shards by row and densifies to the dense rows."""
+    structs, dense = random_vectors(203)
+    summary = write_cache(tmp_path, structs)
+    most = int(np.count_nonzero(dense, axis=1).max())
+    p = pipeline(summary, 203, batch_size=32, shuffle=True, sparse_index_dtype="int32", sparse_row_entries=most)
+    seen = np.zeros_like(dense)
+    for _ in range(p.steps_per_epoch):
+        (indices, values, shape), ids = p.next()
+        assert indices.dtype == np.int32 and indices.shape == (len(ids), most, 1) and values.shape == (len(ids), most)
+        assert shape == (len(ids), WIDTH)
+        rows = np.repeat(np.arange(len(ids)), most)
+        seen[ids] = densify(np.stack([rows, indices.reshape(-1)], 1), values.reshape(-1), shape)
+        for r, row in enumerate(ids):  # entries first, padding after
+            real = np.count_nonzero(dense[row])
+            assert not indices[r, real:].any() and not values[r, real:].any()
+    p.close()
+    np.testing.assert_array_equal(seen, dense)
+    short = pipeline(summary, 203, batch_size=203, sparse_index_dtype="int32", sparse_row_entries=most - 1)
+    with pytest.raises(RuntimeError, match=f"a sparse row has {most} entries, more than the {most - 1}"):
+        short.next()
+    short.close()
+
+
 def vector(type_=0, size=6, indices=(1,), values=(1.0,)):
     return {"type": type_, "size": size, "indices": list(indices) if indices is not None else None,
             "values": list(values) if values is not None else None}
@@ -277,12 +303,3 @@ def test_sparse_index_past_the_size_stops_fit_naming_column_and_row(spark):
     df, _ = vector_frame(spark, 30, bad_row=17)
     with pytest.raises(DataError, match=r"column 'x': sparse vector index 67 at row \d+ .*is outside the size 64"):
         sparse_linear_model().fit(df, batch_size=8, epochs=1, verbose=0)
-
-
-@pytest.mark.backend_independent
-@pytest.mark.session_independent
-@needs_sparse_backend
-def test_sparse_inputs_with_num_workers_are_refused_before_spark_runs(spark):
-    df, _ = vector_frame(spark, 10)
-    with pytest.raises(ValueError, match="num_workers=2 does not take sparse=True inputs.*global array.*sparse=False"):
-        sparse_linear_model().fit(df, batch_size=8, num_workers=2)

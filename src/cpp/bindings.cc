@@ -66,21 +66,27 @@ ImageFit image_fit_of(const std::string& dtype) {
   throw ColumnError("unknown image fit '" + fit + "'; expected exact, resize or center_crop");
 }
 
-// A sparse column's batch as (indices [n, 2], values [n], (rows, width)), the arrays owning the C++ buffers.
+// A sparse column's batch as (indices [n, 2], values [n], (rows, width)), or batched by row as
+// (indices [rows, k, 1], values [rows, k], (rows, width)); the arrays own the C++ buffers.
 nb::tuple sparse_arrays(SparseBatchPart& part, int64_t rows, int64_t width, DType dtype, const SparseLayout& layout) {
-  const std::vector<int64_t> pair{2};
   const DType index = layout.index_bytes == 8 ? DType::Int64 : DType::Int32;
-  nb::object indices = owned_array(part.indices, part.capacity, pair, index);
+  const bool batched = layout.batched();
+  const int64_t first = batched ? rows : part.capacity;
+  const std::vector<int64_t> index_shape = batched ? std::vector<int64_t>{layout.row_entries, 1}
+                                                   : std::vector<int64_t>{2};
+  const std::vector<int64_t> value_shape = batched ? std::vector<int64_t>{layout.row_entries} : std::vector<int64_t>{};
+  nb::object indices = owned_array(part.indices, first, index_shape, index);
   part.indices = nullptr;
-  nb::object values = owned_array(part.values, part.capacity, {}, dtype);
+  nb::object values = owned_array(part.values, first, value_shape, dtype);
   part.values = nullptr;
   return nb::make_tuple(indices, values, nb::make_tuple(rows, width));
 }
 
-SparseLayout sparse_layout_of(const std::string& index_dtype, bool pad) {
+SparseLayout sparse_layout_of(const std::string& index_dtype, bool pad, int64_t row_entries = 0) {
   if (index_dtype != "int64" && index_dtype != "int32")
     throw std::invalid_argument("sparse_index_dtype must be 'int64' or 'int32', not '" + index_dtype + "'");
-  return SparseLayout{index_dtype == "int64" ? 8 : 4, pad};
+  if (row_entries < 0) throw std::invalid_argument("sparse_row_entries must be 0 (COO) or more");
+  return SparseLayout{index_dtype == "int64" ? 8 : 4, pad, row_entries};
 }
 
 // A column spec's optional last element: its kind ("dense" or "sparse").
@@ -268,11 +274,12 @@ class PyPipeline {
              const std::vector<std::vector<std::tuple<int64_t, int64_t, int64_t>>>& partitions, int64_t batch_size,
              bool shuffle, uint64_t seed, int cycle_length, int num_threads, int prefetch, int64_t first_epoch,
              const std::vector<RaggedPad>& ragged, int bucket_column, const std::vector<int64_t>& bucket_boundaries,
-             const std::string& sparse_index_dtype, bool sparse_pad, bool merge_bucket_tails)
+             const std::string& sparse_index_dtype, bool sparse_pad, bool merge_bucket_tails,
+             int64_t sparse_row_entries)
       : pipeline_(chunk_files, layouts(columns, ragged), segments(partitions),
                   PipelineOptions{batch_size, shuffle, seed, cycle_length, num_threads, prefetch, first_epoch,
                                   bucket_column, bucket_boundaries, merge_bucket_tails,
-                                  sparse_layout_of(sparse_index_dtype, sparse_pad)}) {}
+                                  sparse_layout_of(sparse_index_dtype, sparse_pad, sparse_row_entries)}) {}
 
   nb::list next() {
     Batch batch;
@@ -387,16 +394,18 @@ NB_MODULE(_core, m) {
       .def(nb::init<const std::vector<std::vector<std::string>>&, const std::vector<nb::tuple>&,
                     const std::vector<std::vector<std::tuple<int64_t, int64_t, int64_t>>>&, int64_t, bool, uint64_t,
                     int, int, int, int64_t, const std::vector<RaggedPad>&, int, const std::vector<int64_t>&,
-                    const std::string&, bool, bool>(),
+                    const std::string&, bool, bool, int64_t>(),
            nb::arg("chunk_files"), nb::arg("columns"), nb::arg("partitions"), nb::kw_only(), nb::arg("batch_size"),
            nb::arg("shuffle"), nb::arg("seed"), nb::arg("cycle_length"), nb::arg("num_threads"),
            nb::arg("prefetch"), nb::arg("first_epoch") = 0, nb::arg("ragged") = std::vector<RaggedPad>{},
            nb::arg("bucket_column") = -1, nb::arg("bucket_boundaries") = std::vector<int64_t>{},
            nb::arg("sparse_index_dtype") = "int64",
-           nb::arg("sparse_pad") = false, nb::arg("merge_bucket_tails") = false,
+           nb::arg("sparse_pad") = false, nb::arg("merge_bucket_tails") = false, nb::arg("sparse_row_entries") = 0,
            "Endless shuffled, interleaved batches of the (dtype, shape[, kind]) cached columns, gathered on\n"
            "background threads; a 'sparse' column comes as (indices [n, 2], values [n], (rows, width)).\n"
-           "merge_bucket_tails: with buckets, the epoch's part-filled buckets are cut into full batches.")
+           "merge_bucket_tails: with buckets, the epoch's part-filled buckets are cut into full batches.\n"
+           "sparse_row_entries > 0: sparse columns come batched by row (BCOO n_batch=1), (indices [rows, k, 1],\n"
+           "values [rows, k], (rows, width)) with k = sparse_row_entries, unused entries column 0, value 0.")
       .def("next", &PyPipeline::next)
       .def("stats", &PyPipeline::stats)
       .def("close", &PyPipeline::close)

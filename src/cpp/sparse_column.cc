@@ -171,8 +171,12 @@ void SparseBatchPart::reset() {
   indices = values = nullptr;
 }
 
+namespace {
+int64_t indices_per_entry(const SparseLayout& layout) { return layout.batched() ? 1 : 2; }
+}  // namespace
+
 int64_t sparse_bytes(const SparseBatchPart& part, DType dtype, const SparseLayout& layout) {
-  return part.capacity * (2 * layout.index_bytes + static_cast<int64_t>(dtype_size(dtype)));
+  return part.capacity * (indices_per_entry(layout) * layout.index_bytes + static_cast<int64_t>(dtype_size(dtype)));
 }
 
 int64_t padded_nnz(int64_t nnz) {
@@ -190,21 +194,32 @@ namespace {
 SparseBatchPart allocate_part(int64_t nnz, int64_t rows, int64_t width, DType dtype, const SparseLayout& layout) {
   SparseBatchPart part;
   part.nnz = nnz;
-  part.capacity = layout.pad_to_bucket && rows > 0 && width > 0 ? padded_nnz(nnz) : nnz;
-  const size_t index_bytes = static_cast<size_t>(part.capacity) * 2 * static_cast<size_t>(layout.index_bytes);
+  if (layout.batched())
+    part.capacity = rows * layout.row_entries;
+  else
+    part.capacity = layout.pad_to_bucket && rows > 0 && width > 0 ? padded_nnz(nnz) : nnz;
+  const size_t per_entry = static_cast<size_t>(indices_per_entry(layout) * layout.index_bytes);
+  const size_t index_bytes = static_cast<size_t>(part.capacity) * per_entry;
   const size_t value_bytes = static_cast<size_t>(part.capacity) * dtype_size(dtype);
   part.indices = allocate(index_bytes);
   part.values = allocate(value_bytes);
-  const size_t used = static_cast<size_t>(nnz);
-  std::memset(part.indices + used * 2 * layout.index_bytes, 0, index_bytes - used * 2 * layout.index_bytes);
+  // Batched rows fill their entries in place, so all of it starts as padding; COO fills the front.
+  const size_t used = layout.batched() ? 0 : static_cast<size_t>(nnz);
+  std::memset(part.indices + used * per_entry, 0, index_bytes - used * per_entry);
   std::memset(part.values + used * dtype_size(dtype), 0, value_bytes - used * dtype_size(dtype));
   return part;
 }
 
-// Entries [begin, end) of one source row, written as batch row `row` at entry `at`.
+// Entries [begin, end) of one source row, written as batch row `row` at entry `at`: (row, column)
+// pairs in COO, the column alone when batched by row.
 template <typename Index>
-void put_entries(Index* out, int64_t row, const int32_t* columns, int64_t begin, int64_t end, int64_t at) {
+void put_entries(Index* out, int64_t row, const int32_t* columns, int64_t begin, int64_t end, int64_t at,
+                 bool batched) {
   for (int64_t k = begin; k < end; ++k, ++at) {
+    if (batched) {
+      out[at] = static_cast<Index>(columns[k]);
+      continue;
+    }
     out[2 * at] = static_cast<Index>(row);
     out[2 * at + 1] = static_cast<Index>(columns[k]);
   }
@@ -213,10 +228,17 @@ void put_entries(Index* out, int64_t row, const int32_t* columns, int64_t begin,
 void put_row(SparseBatchPart& part, const SparseLayout& layout, int64_t row, const int32_t* columns,
              const uint8_t* values, size_t value_bytes, int64_t begin, int64_t end, int64_t at) {
   if (end <= begin) return;  // an empty row (its files or vectors may have no buffer at all)
+  if (layout.batched()) {  // the row's own stretch of row_entries entries
+    if (end - begin > layout.row_entries)
+      throw std::runtime_error("internal: a sparse row has " + std::to_string(end - begin) +
+                               " entries, more than the " + std::to_string(layout.row_entries) +
+                               " a row the batch was laid out for");
+    at = row * layout.row_entries;
+  }
   if (layout.index_bytes == 8)
-    put_entries(reinterpret_cast<int64_t*>(part.indices), row, columns, begin, end, at);
+    put_entries(reinterpret_cast<int64_t*>(part.indices), row, columns, begin, end, at, layout.batched());
   else
-    put_entries(reinterpret_cast<int32_t*>(part.indices), row, columns, begin, end, at);
+    put_entries(reinterpret_cast<int32_t*>(part.indices), row, columns, begin, end, at, layout.batched());
   std::memcpy(part.values + static_cast<size_t>(at) * value_bytes, values + static_cast<size_t>(begin) * value_bytes,
               static_cast<size_t>(end - begin) * value_bytes);
 }

@@ -6,7 +6,9 @@
 //   <file>.indices  int32 an entry: the column index (Spark's vector size is an int32)
 //   <file>.values   the input's dtype an entry
 // A batch leaves as COO: indices [nnz, 2] (row within the batch, column), values [nnz],
-// rows sorted and columns sorted within a row, which tf.SparseTensor and BCOO both take.
+// rows sorted and columns sorted within a row, which tf.SparseTensor and BCOO both take; or,
+// for data-parallel JAX, batched by row (BCOO with n_batch=1): indices [rows, k, 1] and
+// values [rows, k], k entries a row, whose batch dimension shards like a dense batch's.
 #pragma once
 
 #include <cstdint>
@@ -40,11 +42,14 @@ void convert_sparse_rows(const ArrowView& column, int64_t begin, int64_t end, Co
 struct SparseLayout {
   int index_bytes = 8;        // 8: int64 indices (tf.SparseTensor); 4: int32 (BCOO)
   bool pad_to_bucket = false;  // JAX compiles one step per shape: pad nnz to one of a few sizes
+  int64_t row_entries = 0;     // > 0: batched by row, this many entries a row (no row may have more)
+  bool batched() const { return row_entries > 0; }
 };
 
 // One sparse column of one batch: indices [capacity, 2], values [capacity]; entries past
 // nnz (padding) are index (0, 0), value 0, which add nothing to any sum or product (so a
-// batch with no rows or no columns, where (0, 0) is outside it, is never padded).
+// batch with no rows or no columns, where (0, 0) is outside it, is never padded). Batched by
+// row: capacity is rows * row_entries, a row's unused entries are column 0, value 0.
 struct SparseBatchPart {
   uint8_t* indices = nullptr;
   uint8_t* values = nullptr;

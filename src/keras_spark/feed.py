@@ -74,7 +74,8 @@ class BatchFeed:
 
     def __init__(self, model, cached: CachedData, *, batch_size: int, shuffle: bool, seed: int,
                  num_parallel_calls: int | None = None, first_epoch: int = 0, batches_per_pull: int = 1,
-                 num_threads: int | None = None, class_weight: dict | None = None, fixed_steps: int | None = None):
+                 num_threads: int | None = None, class_weight: dict | None = None, fixed_steps: int | None = None,
+                 sparse_row_entries: int | None = None):
         cycle = default_parallelism(num_parallel_calls, max(1, len(cached.partitions)))
         # Gathering is memory-bound; by default the model's step keeps the other half of the cores.
         threads = num_threads or max(1, min(cycle, (os.cpu_count() or 2) // 2))
@@ -84,6 +85,8 @@ class BatchFeed:
         self.batches_per_pull = int(batches_per_pull) if all(k.slices_pulls for k in self._kinds) else 1
         self._cached = cached
         self._options = (bool(shuffle), int(seed), cycle, threads, 2 * threads + 2)
+        # `sparse_row_entries`: sparse batches laid out by row, this many entries a row (data-parallel JAX).
+        self._sparse_row_entries = int(sparse_row_entries or 0)
         self._next_epoch = int(first_epoch)  # the epoch the next one-epoch reader serves
         self._lock = threading.Lock()
         self._readers: set = set()
@@ -139,6 +142,7 @@ class BatchFeed:
             batch_size=self.batch_size * self.batches_per_pull, shuffle=shuffle, seed=seed, cycle_length=cycle,
             num_threads=threads, prefetch=prefetch, first_epoch=int(first_epoch), **pipeline_options(cached.bindings),
             **sequences.bucketing_options(cached, self.batch_size * self.batches_per_pull),
+            sparse_row_entries=self._sparse_row_entries,
         )
         # Closed with this feed or at exit, even when the fit using it never returns.
         return NativeHandle(self, pipeline)
@@ -209,6 +213,14 @@ class BatchFeed:
             reader.close()
 
     # -- batches ---------------------------------------------------------------------
+    def row_count(self, arrays: list) -> int:
+        """The rows of a pull (the core's list of column arrays)."""
+        return self._kinds[0].row_count(arrays[0])
+
+    def rows_at(self, arrays: list, index: np.ndarray) -> list:
+        """The pull's rows at `index` (repeats allowed), each column cut by its kind."""
+        return [k.rows_at(a, index) for k, a in zip(self._kinds, arrays, strict=True)]
+
     def pack(self, arrays):
         arrays = [k.to_backend(a) for k, a in zip(self._kinds, arrays, strict=True)]
         if self._labels is None:
@@ -376,26 +388,25 @@ class LockstepFeed:
         weights[:own] = weight
         return weights
 
-    def _padded(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    def _padded(self, arrays: list) -> list:
         """The batch's rows, then its rows again until it holds `local_batch`."""
-        rows = len(arrays[0])
+        rows = self.feed.row_count(arrays)
         if rows == self.local_batch:
             return arrays
-        again = np.arange(self.local_batch - rows) % rows
-        return [np.concatenate([a, a[again]]) for a in arrays]
+        return self.feed.rows_at(arrays, np.arange(self.local_batch) % rows)
 
-    def _pads_only(self) -> list[np.ndarray]:
+    def _pads_only(self) -> list:
         source = self.last_batch if self.last_batch is not None else getattr(self._fallback, "last_batch", None)
         if source is None:
             raise RuntimeError("internal: a data-parallel worker has no row to pad a step with")
-        return self._padded([a[:1] for a in source])
+        return self.feed.rows_at(source, np.zeros(self.local_batch, np.int64))
 
     def __iter__(self):
         while True:
             for step in range(self.steps_per_epoch):
                 if step < self.own_steps:
                     arrays = self.feed.next_arrays()
-                    self.real_rows_served += len(arrays[0])
+                    self.real_rows_served += self.feed.row_count(arrays)
                     arrays = self.last_batch = self._padded(arrays)
                 else:
                     arrays = self._pads_only()

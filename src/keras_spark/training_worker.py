@@ -157,12 +157,14 @@ def train(job: WorkerJob, engine) -> dict:
     fixed_steps = job.sequence_steps if engine.same_shapes else None
     feed = BatchFeed(model, job.cached, batch_size=job.local_batch, shuffle=job.shuffle,
                      seed=job.seed + rank, num_parallel_calls=job.num_parallel_calls,
-                     first_epoch=job.initial_epoch, class_weight=job.class_weight, fixed_steps=fixed_steps)
+                     first_epoch=job.initial_epoch, class_weight=job.class_weight, fixed_steps=fixed_steps,
+                     sparse_row_entries=job.sparse_row_entries)
     lockstep = _lockstep(engine, feed, rank)
     validation = {}
     if job.validation is not None:
         val_feed = BatchFeed(model, job.validation, batch_size=job.validation_local_batch, shuffle=False,
-                             seed=0, num_parallel_calls=job.num_parallel_calls, fixed_steps=fixed_steps)
+                             seed=0, num_parallel_calls=job.num_parallel_calls, fixed_steps=fixed_steps,
+                             sparse_row_entries=job.sparse_row_entries)
         val_lockstep = _lockstep(engine, val_feed, rank, fallback=lockstep)
         validation = {"validation_data": iter(val_lockstep), "validation_steps": val_lockstep.steps_per_epoch}
     timer = StepTimer()

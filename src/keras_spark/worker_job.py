@@ -42,6 +42,7 @@ class WorkerJob:
     validation: Any = None  # this worker's validation rows, or None
     coordinator: str = ""  # rank 0's host:port for the backend's distributed runtime
     sequence_steps: int | None = None  # the longest sequence row of all ranks (training and validation rows)
+    sparse_row_entries: int | None = None  # the most entries of any sparse row of all ranks (batched sparse layout)
     package: bytes = b""  # the model package (model_package.py)
     threads: int = 1  # the task's cores
     gpu_addresses: list[str] = field(default_factory=list)  # the task's GPU (one), [] on CPU

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import numpy as np
 from pyspark.sql import types as T
 
 from keras_spark.kinds.schema import ColumnBinding
@@ -70,6 +71,14 @@ class ColumnKind(ABC):
     def to_backend(self, array):
         """A host batch of the column as the active backend's tensor (e.g. sparse COO -> BCOO/SparseTensor)."""
         return array
+
+    def row_count(self, array) -> int:
+        """The rows of a host batch of the column."""
+        return len(array)
+
+    def rows_at(self, array, index: np.ndarray):
+        """The host batch's rows at `index` (repeats allowed), as a batch of the column."""
+        return array[index]
 
     def tensor_spec(self, binding: ColumnBinding, column: tuple):
         """The `tf.TensorSpec` of the column in a batch (`column`: its `pipeline_column`; None where a batch

@@ -13,6 +13,11 @@ own threads, and here they become the backend's sparse tensor:
 - PyTorch: Keras has no sparse tensors there (`keras.Input(sparse=True)` is refused);
   bind_inputs says what to do instead.
 
+Data-parallel JAX (`num_workers` > 1) makes each step's batches one global array sharded by row,
+which COO entries cannot be. There the core lays a batch out by row (BCOO with n_batch=1):
+values [rows, k] and column indices [rows, k, 1], k the most entries of any row of all workers,
+so the batch dimension shards as a dense batch's does (and every rank feeds one shape).
+
 Example:
     x = keras.Input(shape=(262144,), sparse=True, name="features")  # a HashingTF column
     y = keras.layers.Dense(1, name="label")(x)
@@ -76,14 +81,47 @@ def core_layout() -> dict:
 
 
 def to_tensor(indices: np.ndarray, values: np.ndarray, dense_shape: tuple[int, int]):
-    """The core's COO arrays as the active backend's sparse tensor."""
+    """The core's COO arrays (or arrays batched by row) as the active backend's sparse tensor."""
     if _backend() == "jax":
         from jax.experimental import sparse as jax_sparse
 
+        if indices.ndim == 3:  # batched by row: one data-parallel process's rows of a global batch
+            return _process_rows_of_global_batch(jax_sparse.BCOO, indices, values, dense_shape)
         return jax_sparse.BCOO((values, indices), shape=tuple(dense_shape))
     import tensorflow as tf
 
     return tf.SparseTensor(indices, values, dense_shape)
+
+
+def _process_rows_of_global_batch(bcoo, indices, values, dense_shape):
+    """This process's rows of a data-parallel step as a BCOO that states the global batch's shape.
+
+    Keras's JAX trainer makes each step's data one global array with
+    `jax.make_array_from_process_local_data`, which maps over the BCOO's leaves (values, indices:
+    their batch dimensions grow to the global batch) and keeps its static shape. So that shape is
+    the global one from the start: every process feeds as many rows (the lockstep feed pads them).
+    BCOO's own constructor checks leaves against its shape, hence its pytree `tree_unflatten`.
+    """
+    import jax
+
+    rows, width = dense_shape
+    info = {"shape": (int(rows) * jax.process_count(), int(width)), "indices_sorted": False,
+            "unique_indices": False}
+    return bcoo.tree_unflatten(info, (values, indices))
+
+
+def most_row_entries(cached) -> int:
+    """The most entries (non-zeros) of any cached row in any sparse column (0 without one): the
+    `k` of a batch laid out by row."""
+    most = 0
+    for column, binding in enumerate(cached.bindings):
+        if binding.kind != SPARSE:
+            continue
+        for files in cached.chunk_files:  # each row's end offset, counted from the chunk's first entry
+            ends = np.fromfile(files[column], dtype=np.int64)
+            if len(ends):
+                most = max(most, int(np.diff(ends, prepend=0).max()))
+    return most
 
 
 class SparseColumnRows:
@@ -146,6 +184,16 @@ class SparseKind(DenseKind):
     def to_backend(self, array):
         return to_tensor(*array)
 
+    def row_count(self, array) -> int:
+        return int(array[2][0])
+
+    def rows_at(self, array, index: np.ndarray):
+        """Rows of a batch laid out by row (the data-parallel layout; COO entries are not cut by row)."""
+        indices, values, (_, width) = array
+        if indices.ndim != 3:
+            raise RuntimeError("internal: only a sparse batch laid out by row can be cut by row")
+        return indices[index], values[index], (len(index), width)
+
     def tensor_spec(self, binding: ColumnBinding, column: tuple):
         """A batch's `tf.SparseTensorSpec`."""
         import tensorflow as tf
@@ -158,12 +206,3 @@ class SparseKind(DenseKind):
 
     def model_input(self, rows):
         return rows.to_tensor()
-
-    def data_parallel_refusal(self, columns: list[str], num_workers: int) -> str | None:
-        """Sparse inputs train on the driver: data-parallel JAX assembles each step's batches into one
-        global array, which a BCOO batch cannot be, and Keras has no sparse tensors under PyTorch."""
-        return (
-            f"num_workers={num_workers} does not take sparse=True inputs ({columns}): data-parallel JAX makes each "
-            f"step's batches one global array, which a sparse (BCOO) batch cannot be; train them with "
-            f"num_workers=1, or declare the inputs sparse=False to feed the vectors densified (d numbers a row)"
-        )

@@ -40,6 +40,7 @@ from keras_spark.devices import gpu_env, task_gpu_addresses
 from keras_spark.errors import BindingError, DataError, TrainingError
 from keras_spark.kinds import kind_of
 from keras_spark.kinds.schema import describe_type
+from keras_spark.kinds.sparse import most_row_entries
 from keras_spark.spark import is_spark_dataframe
 from keras_spark.spark.executors import check_executors, worker_python
 from keras_spark.spark.extract import _assemble, _write_rows
@@ -317,6 +318,7 @@ def _barrier_task(batches, *, job: WorkerJob, package):
         result = _run_worker(workdir, rank, dataclasses.replace(
             job, rank=rank, cached=train, validation=validation, coordinator=infos[0]["coordinator"],
             sequence_steps=max((i.get("longest", 0) for i in infos), default=0) or None,
+            sparse_row_entries=max((i.get("row_entries", 0) for i in infos), default=0) or None,
             package=package.value, threads=threads_per_task(), gpu_addresses=task_gpu_addresses(),
         ))
         yield _result_row(rank, result)
@@ -325,8 +327,9 @@ def _barrier_task(batches, *, job: WorkerJob, package):
 
 
 def _local_facts(workdir: str, bindings, info: dict) -> dict:
-    """What the task's rows tell its peers: {"error": ...} for a NaN or negative weight, and
-    {"longest": n}, its longest sequence row (the steps data-parallel JAX ranks all pad to)."""
+    """What the task's rows tell its peers: {"error": ...} for a NaN or negative weight, else
+    {"longest": n}, its longest sequence row (the steps data-parallel JAX ranks all pad to), and
+    {"row_entries": k}, the most entries of its sparse rows (each rank's sparse batches hold k a row)."""
     from keras_spark.weights import check_weight_values
 
     cached = _assemble(workdir, bindings, [info])
@@ -334,7 +337,7 @@ def _local_facts(workdir: str, bindings, info: dict) -> dict:
         check_weight_values(cached)
     except DataError as error:
         return {"error": str(error)}
-    return {"longest": sequences.longest_row(cached)}
+    return {"longest": sequences.longest_row(cached), "row_entries": most_row_entries(cached)}
 
 
 def _training_rows(info: dict, offset: int | None) -> int:
