@@ -20,10 +20,16 @@ import pytest  # noqa: E402
 # once per kind of session. A test whose outcome cannot depend on the backend says so with
 # `backend_independent` and runs in the PRIMARY_BACKEND pass only; a Spark test whose outcome cannot
 # depend on the kind of session says so with `session_independent` and runs on the classic session only.
+# What a Connect session changes (how rows travel, how the model ships, how errors come back) is the
+# same whatever the backend, so Spark tests run on Connect in the PRIMARY_BACKEND pass; a test where the
+# backend and the session meet (fit, predict and num_workers through Connect: test_connect.py) says so
+# with `connect_every_backend` and runs on Connect in every pass.
 PRIMARY_BACKEND = "tensorflow"
 MARKERS = {
     "backend_independent": f"the outcome cannot depend on the Keras backend: runs in the {PRIMARY_BACKEND} pass only",
     "session_independent": "the outcome cannot depend on the kind of Spark session: runs on the classic session only",
+    "connect_every_backend": f"runs on the Connect session in every backend's pass (other Spark tests run on "
+                             f"Connect in the {PRIMARY_BACKEND} pass)",
 }
 
 SPARK_CONF = {
@@ -40,10 +46,15 @@ def pytest_configure(config):
 
 
 def _runs_here(item) -> bool:
-    if item.get_closest_marker("backend_independent") and os.environ["KERAS_BACKEND"] != PRIMARY_BACKEND:
+    primary = os.environ["KERAS_BACKEND"] == PRIMARY_BACKEND
+    if item.get_closest_marker("backend_independent") and not primary:
         return False
     params = getattr(item, "callspec", None) and item.callspec.params
-    return not (item.get_closest_marker("session_independent") and params and params.get("spark") == "connect")
+    if not (params and params.get("spark") == "connect"):
+        return True
+    if item.get_closest_marker("session_independent"):
+        return False
+    return primary or item.get_closest_marker("connect_every_backend") is not None
 
 
 def pytest_collection_modifyitems(config, items):
@@ -56,7 +67,8 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_report_header(config):
     return [f"keras-spark: backend {os.environ['KERAS_BACKEND']}; sessions {','.join(SESSION_KINDS)}; "
-            f"backend_independent tests run under {PRIMARY_BACKEND} only, session_independent ones on classic only"]
+            f"backend_independent tests run under {PRIMARY_BACKEND} only, session_independent ones on classic only, "
+            f"Connect runs under {PRIMARY_BACKEND} and, for connect_every_backend tests, every backend"]
 
 
 @pytest.fixture(scope="session")

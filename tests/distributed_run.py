@@ -67,19 +67,25 @@ def one_and_two(make_model, df, **kwargs):
     return h1, h2, diff, two
 
 
-def same_arithmetic():
-    df, val = frame([1000, 1000, 1000, 1000]), frame([256, 256], seed=5)
-    h1, h2, diff, two = one_and_two(model, df, batch_size=64, validation_data=val)
-    report("same_arithmetic", max_weight_diff=diff, history1=h1.history, history2=h2.history,
-           epochs=h2.epoch, optimizer_iterations=int(two.optimizer.iterations.numpy()))
+SPARSE_INPUTS = keras.backend.backend() == "jax"  # Keras has no sparse inputs under PyTorch
+
+
+def every_kind():
+    """Every column kind in one model (dense, sequence, image, vector, sparse vector under JAX) with a weight
+    column and validation: two workers end with one worker's weights and the same metrics."""
+    df, val = kinds_frame([160, 160, 160, 160]), kinds_frame([64, 64], seed=5)  # val: whole steps, no pads
+    h1, h2, diff, two = one_and_two(kinds_model, df, batch_size=32, validation_data=val, sample_weight="w")
+    report("every_kind", max_weight_diff=diff, history1=h1.history, history2=h2.history, epochs=h2.epoch,
+           rows=two.data_stats["rows"], optimizer_iterations=int(two.optimizer.iterations.numpy()))
 
 
 def uneven():
+    """Uneven ids and bucketed sequences (and sparse rows under JAX): every row once an epoch; the second
+    worker has no validation rows and pads every validation step."""
     sizes = [1500, 700, 300, 37]
-    df = frame(sizes, seed=1)
-    m = model()
-    # One validation id: the second worker has no validation rows and pads every validation step.
-    h = m.fit(df, batch_size=64, epochs=3, verbose=0, num_workers=2, validation_data=frame([100], seed=2))
+    m = kinds_model(inputs=("x", "tokens", "s"))
+    h = m.fit(kinds_frame(sizes, seed=1, images=False), batch_size=32, epochs=3, verbose=0, num_workers=2,
+              bucket_by_length=True, validation_data=kinds_frame([100], seed=2, images=False))
     report("uneven", total=sum(sizes), stats={k: v for k, v in m.data_stats.items() if k != "step_s"},
            loss=h.history["loss"], history_keys=sorted(h.history))
 
@@ -173,118 +179,61 @@ def resume_after_failure():
     report("resume_after_failure", epochs_seen=seen, history_epochs=h.epoch, loss=h.history["loss"])
 
 
-def sequence_frame(sizes, seed=0):
-    """Token rows of 1..30 ids (0 pads) and y = the mean token / 10, partition id i holding sizes[i] rows."""
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    pid = np.concatenate([np.full(s, i) for i, s in enumerate(sizes)])
-    rows = [rng.integers(1, 20, size=rng.integers(1, 31)).astype("int32") for _ in pid]
-    y = np.array([r.mean() / 10 for r in rows], "float32")
-    return spark.createDataFrame(pd.DataFrame({"tokens": rows, "y": y, "partition_id": pid}))
-
-
-def sequence_model():
-    keras.utils.set_random_seed(4)
-    tokens = keras.Input((None,), dtype="int32", name="tokens")
-    h = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)  # the mask makes the fit blind to padding
-    h = keras.layers.GlobalAveragePooling1D()(h)
-    m = KerasSparkModel(tokens, keras.layers.Dense(1, name="y")(h))
-    m.compile(keras.optimizers.SGD(0.1), "mse", metrics=["mae"])
-    return m
-
-
-def sequences():
-    """Variable-length rows: one worker and two end alike (padding is masked); bucketed, every row once."""
-    df, val = sequence_frame([300, 300, 300, 300]), sequence_frame([96, 96], seed=5)
-    h1, h2, diff, _ = one_and_two(sequence_model, df, batch_size=32, validation_data=val)
-    bucketed = sequence_model()
-    sizes = [700, 400, 211]
-    h3 = bucketed.fit(sequence_frame(sizes, seed=2), batch_size=32, epochs=3, verbose=0, num_workers=2,
-                      bucket_by_length=True)
-    stats = bucketed.data_stats
-    report("sequences", max_weight_diff=diff, history1=h1.history, history2=h2.history, total=sum(sizes),
-           bucketed_rows=stats["rows"], rows_served_per_worker=stats["rows_served_per_worker"],
-           rows_per_worker=stats["rows_per_worker"], bucketed_loss=h3.history["loss"])
-
-
-def mixed_frame(sizes, seed=0):
-    """A PNG image column, a Spark ML vector column (fed densified), a weight column and a label."""
-    import pandas as pd
+def kinds_frame(sizes, seed=0, images=True):
+    """Partition id i holding sizes[i] rows of every column kind, and y built from all of them:
+    x (4 floats), tokens (1..30 ids, 0 pads), img (8x8 RGB PNG), v (a Spark ML vector fed densified),
+    s (a 40-wide Spark ML vector of 0..9 non-zeros, some stored dense), w (weights 0, 0.5 or 2)."""
     from image_builders import encode
-    from pyspark.ml.functions import array_to_vector
-    from pyspark.sql import functions as F
-
-    rng = np.random.default_rng(seed)
-    pid = np.concatenate([np.full(s, i) for i, s in enumerate(sizes)])
-    pixels = rng.integers(0, 255, (len(pid), 8, 8, 3), dtype=np.uint8)
-    v = rng.normal(size=(len(pid), 4))
-    y = (pixels.mean((1, 2, 3)) / 255 + v.sum(1)).astype("float32")
-    w = rng.choice([0.0, 0.5, 2.0], len(pid))
-    frame = pd.DataFrame({"img": [encode(p, "PNG") for p in pixels], "v": list(v), "y": y, "w": w,
-                          "partition_id": pid})
-    return spark.createDataFrame(frame).withColumn("v", array_to_vector(F.col("v")))
-
-
-def mixed_model():
-    keras.utils.set_random_seed(5)
-    img, v = keras.Input((8, 8, 3), dtype="uint8", name="img"), keras.Input((4,), name="v")
-    h = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(img))
-    h = keras.layers.Concatenate()([keras.layers.Dense(4)(h), v])
-    m = KerasSparkModel([img, v], keras.layers.Dense(1, name="y")(h))
-    m.compile(keras.optimizers.SGD(0.05), "mse", metrics=["mae"])
-    return m
-
-
-def images_vectors_weights():
-    """Image, densified vector and weight columns: two workers end with one worker's weights."""
-    h1, h2, diff, two = one_and_two(mixed_model, mixed_frame([160, 160, 160, 160]), batch_size=32, sample_weight="w")
-    report("images_vectors_weights", max_weight_diff=diff, history1=h1.history, history2=h2.history,
-           rows=two.data_stats["rows"])
-
-
-def sparse_frame(sizes, seed=0, width=40):
-    """A Spark ML vector column of 0..9 non-zeros a row (some rows stored dense), y = x . w."""
     from pyspark.ml.linalg import DenseVector, SparseVector, VectorUDT
     from pyspark.sql import types as T
 
     rng = np.random.default_rng(seed)
-    w = np.linspace(-1, 1, width)
     data = []
-    for pid, size in enumerate(sizes):
-        for r in range(size):
-            idx = np.sort(rng.choice(width, int(rng.integers(0, 10)), replace=False))
-            values = rng.normal(size=len(idx))
-            dense = np.zeros(width)
-            dense[idx] = values
-            x = DenseVector(dense) if r % 9 == 4 else SparseVector(width, idx, values)
-            data.append((pid, x, float(dense @ w)))
-    schema = T.StructType([T.StructField("partition_id", T.IntegerType()), T.StructField("x", VectorUDT()),
-                           T.StructField("y", T.DoubleType())])
-    return spark.createDataFrame(data, schema)
+    for pid, n in enumerate(sizes):
+        for r in range(n):
+            x = rng.normal(size=4).astype("float32")
+            tokens = rng.integers(1, 20, size=rng.integers(1, 31)).astype("int32")
+            pixels = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+            v = rng.normal(size=4)
+            idx = np.sort(rng.choice(40, int(rng.integers(0, 10)), replace=False))
+            dense = np.zeros(40)
+            dense[idx] = rng.normal(size=len(idx))
+            s = DenseVector(dense) if r % 9 == 4 else SparseVector(40, idx, dense[idx])
+            y = x.sum() + tokens.mean() / 10 + pixels.mean() / 255 + v.sum()
+            y += dense @ np.linspace(-1, 1, 40) if SPARSE_INPUTS else 0.0  # a term the model can learn
+            data.append((pid, x.tolist(), tokens.tolist(), encode(pixels, "PNG") if images else None,
+                         DenseVector(v), s, float(y), float(rng.choice([0.0, 0.5, 2.0]))))
+    types = {"partition_id": T.IntegerType(), "x": T.ArrayType(T.FloatType()), "tokens": T.ArrayType(T.IntegerType()),
+             "img": T.BinaryType(), "v": VectorUDT(), "s": VectorUDT(), "y": T.DoubleType(), "w": T.DoubleType()}
+    schema = T.StructType([T.StructField(name, kind) for name, kind in types.items()])
+    frame = spark.createDataFrame(data, schema)
+    return frame if images else frame.drop("img")
 
 
-def sparse_model():
-    keras.utils.set_random_seed(6)
-    x = keras.Input((40,), sparse=True, name="x")
-    h = keras.layers.Dense(8, activation="tanh")(x)
-    m = KerasSparkModel(x, keras.layers.Dense(1, name="y")(h))
+def kinds_model(inputs=("x", "tokens", "img", "v", "s")):
+    """One branch per input kind (the sparse one under JAX only), concatenated into y."""
+    keras.utils.set_random_seed(5)
+    branches, feeds = [], []
+    if "x" in inputs:
+        feeds.append(keras.Input((4,), name="x"))
+        branches.append(keras.layers.Dense(8, activation="tanh")(feeds[-1]))
+    if "tokens" in inputs:
+        feeds.append(keras.Input((None,), dtype="int32", name="tokens"))
+        h = keras.layers.Embedding(20, 8, mask_zero=True)(feeds[-1])  # the mask makes the fit blind to padding
+        branches.append(keras.layers.GlobalAveragePooling1D()(h))
+    if "img" in inputs:
+        feeds.append(keras.Input((8, 8, 3), dtype="uint8", name="img"))
+        h = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(feeds[-1]))
+        branches.append(keras.layers.Dense(4)(h))
+    if "v" in inputs:
+        feeds.append(keras.Input((4,), name="v"))
+        branches.append(feeds[-1])
+    if "s" in inputs and SPARSE_INPUTS:
+        feeds.append(keras.Input((40,), sparse=True, name="s"))
+        branches.append(keras.layers.Dense(4)(feeds[-1]))
+    m = KerasSparkModel(feeds, keras.layers.Dense(1, name="y")(keras.layers.Concatenate()(branches)))
     m.compile(keras.optimizers.SGD(0.05), "mse", metrics=["mae"])
     return m
-
-
-def sparse_vectors():
-    """sparse=True inputs (JAX: BCOO batches laid out by row): two workers end with one worker's weights;
-    uneven ids pad steps with repeated rows."""
-    df, val = sparse_frame([150, 150, 150, 150]), sparse_frame([64, 64], seed=5)  # val: whole steps, no pads
-    h1, h2, diff, two = one_and_two(sparse_model, df, batch_size=32, validation_data=val)
-    uneven = sparse_model()
-    sizes = [300, 120, 45]
-    h3 = uneven.fit(sparse_frame(sizes, seed=2), batch_size=32, epochs=3, verbose=0, num_workers=2)
-    stats = uneven.data_stats
-    report("sparse_vectors", max_weight_diff=diff, history1=h1.history, history2=h2.history,
-           rows=two.data_stats["rows"], total=sum(sizes), uneven_rows=stats["rows"],
-           rows_per_worker=stats["rows_per_worker"], uneven_loss=h3.history["loss"])
 
 
 def refusals():
@@ -306,9 +255,7 @@ def refusals():
     report("refusals", messages=messages)
 
 
-SPARSE = ["sparse_vectors"] if keras.backend.backend() == "jax" else []  # Keras has no sparse inputs under torch
-for scenario in sys.argv[1:] or ["refusals", "same_arithmetic", "uneven", "sequences", "images_vectors_weights",
-                                 *SPARSE, "worker_raises", "resume_after_failure"]:
+for scenario in sys.argv[1:] or ["refusals", "every_kind", "uneven", "worker_raises", "resume_after_failure"]:
     globals()[scenario]()
 spark.stop()
 shutil.rmtree(run_tmp, ignore_errors=True)  # the scenarios' own folders (scratch is inside it)

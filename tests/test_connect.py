@@ -18,6 +18,9 @@ from builders import in_the_data_parallel_passes, numeric_frame, regression_mode
 from keras_spark.spark import session
 from keras_spark.spark.extract import CLIENT_WROTE, EXECUTORS_WROTE
 
+# Where the backend and the session meet (the model shipped and scored, num_workers through Connect): every pass.
+pytestmark = pytest.mark.connect_every_backend
+
 
 @pytest.mark.backend_independent
 def test_fit_with_validation_streams_rows_the_executors_cannot_write_for_the_client(isolated_connect):

@@ -337,6 +337,4 @@ def test_distributed_fit_with_custom_objects_and_weights():
     result = json.loads(done.stdout.split("RESULT ", 1)[1])
     assert result["history_keys"] == ["loss", "worst_error"]
     assert result["loss"][-1] < result["loss"][0]
-    assert result["zero_weight_unchanged"]
-    assert result["weighted_one_vs_two_workers"] < 1e-5  # row weights times the lockstep weights
     assert result["max_score_diff"] < 1e-4  # the trained model scores the same on the executors

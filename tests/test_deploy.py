@@ -1,7 +1,7 @@
 """The environment shipped: a packed venv with keras-spark as `spark.archives`-style archive on a cluster.
 
 A lean venv (keras-spark, Keras, JAX, pyarrow, pandas, venv-pack; no PySpark: Spark gives its workers
-its own) is made and packed once for the module, by keras_spark.deploy.pack_environment run in it. A
+its own) is made and packed once for the run, by keras_spark.deploy.pack_environment run in it. A
 driver on `local-cluster[1,1,1024]` whose executors would otherwise start PATH's python3 (one without
 keras_spark) first gets the clear ExecutorEnvironmentError, then ships the archive and fits and predicts.
 KERAS_SPARK_TEST_WHEEL=path/to.whl installs that wheel into the venv (.ci/wheel's); by default the
@@ -36,7 +36,9 @@ def _pip(venv, *args):
                    check=True, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=900)
 
 
-@pytest.fixture(scope="module")
+# Session scope: pytest runs the classic-session tests of every module, then the Connect ones, then the rest,
+# so a module-scoped fixture would be made again each time the run comes back to this module.
+@pytest.fixture(scope="session")
 def packed_env(tmp_path_factory):
     """(archive path, figures) for a lean venv with keras-spark, packed by keras_spark.deploy.pack_environment."""
     import jax

@@ -23,64 +23,30 @@ def scenarios():
 
 
 def test_two_workers_end_with_the_weights_of_one(scenarios):
-    result = scenarios["same_arithmetic"]
+    """Dense, sequence, image and vector columns (and a sparse=True one under JAX), a weight column and
+    validation in one model: pads repeat real rows at weight 0, the mask hides sequence padding."""
+    result = scenarios["every_kind"]
     assert result["max_weight_diff"] < 1e-5
     one, two = result["history1"], result["history2"]
     assert sorted(two) == sorted(one) == ["loss", "mae", "val_loss", "val_mae"]
-    for key in ("mae", "val_loss", "val_mae"):  # val batches split evenly: no pads, same figures
+    # mae: rows of weight 0 count in metrics, as on one; validation is unweighted on both (whole steps, no pads)
+    for key in ("mae", "val_loss", "val_mae"):
         np.testing.assert_allclose(two[key], one[key], rtol=1e-5)
     assert result["epochs"] == [0, 1]
-    assert result["optimizer_iterations"] == 2 * 63  # ceil(4000 / 64) steps an epoch, state copied back
+    assert result["rows"] == 2 * 640
+    assert result["optimizer_iterations"] == 2 * 20  # 640 / 32 steps an epoch, state copied back
 
 
-def test_uneven_partitions_serve_every_row_once_an_epoch(scenarios):
+def test_uneven_partitions_and_buckets_serve_every_row_once_an_epoch(scenarios):
     result = scenarios["uneven"]
     stats = result["stats"]
     assert sum(stats["rows_per_worker"]) == result["total"]
     assert stats["rows_served_per_worker"] == [3 * rows for rows in stats["rows_per_worker"]]
     assert stats["rows_per_worker"] == [1500, 1037]  # the largest id alone, the rest together
-    assert stats["steps_per_epoch"] == 47  # ceil(1500 / 32): the busier worker sets the pace
+    # The busier worker's bucketed plan sets the pace: at least ceil(1500 / 32) steps.
+    assert stats["steps_per_epoch"] >= 47
     assert result["history_keys"] == ["loss", "mae", "val_loss", "val_mae"]
-    assert result["loss"][-1] < 0.5 * result["loss"][0]
-
-
-def test_sequences_train_with_two_workers_as_with_one(scenarios):
-    result = scenarios["sequences"]
-    assert result["max_weight_diff"] < 1e-5  # pads repeat real rows at weight 0; the mask hides padding
-    one, two = result["history1"], result["history2"]
-    for key in ("mae", "val_loss", "val_mae"):
-        np.testing.assert_allclose(two[key], one[key], rtol=1e-5)
-    assert all(np.isfinite(two["loss"]))
-
-
-def test_bucketed_sequences_serve_every_row_once_an_epoch_with_two_workers(scenarios):
-    result = scenarios["sequences"]
-    assert sum(result["rows_per_worker"]) == result["total"]
-    assert result["rows_served_per_worker"] == [3 * rows for rows in result["rows_per_worker"]]
-    assert result["bucketed_rows"] == 3 * result["total"]
-    assert result["bucketed_loss"][-1] < 0.5 * result["bucketed_loss"][0]
-
-
-def test_images_vectors_and_weights_train_with_two_workers_as_with_one(scenarios):
-    result = scenarios["images_vectors_weights"]
-    assert result["max_weight_diff"] < 1e-5
-    one, two = result["history1"], result["history2"]
-    np.testing.assert_allclose(two["mae"], one["mae"], rtol=1e-5)  # rows of weight 0 count in metrics, as on one
-    assert result["rows"] == 2 * 640
-
-
-@pytest.mark.skipif(os.environ.get("KERAS_BACKEND") == "torch",
-                    reason="Keras has no sparse inputs under PyTorch (keras.Input(sparse=True) is refused)")
-def test_sparse_vectors_train_with_two_workers_as_with_one(scenarios):
-    result = scenarios["sparse_vectors"]
-    assert result["max_weight_diff"] < 1e-5
-    one, two = result["history1"], result["history2"]
-    for key in ("mae", "val_loss", "val_mae"):
-        np.testing.assert_allclose(two[key], one[key], rtol=1e-5)
-    assert result["rows"] == 2 * 600
-    assert sum(result["rows_per_worker"]) == result["total"]
-    assert result["uneven_rows"] == 3 * result["total"]
-    assert result["uneven_loss"][-1] < 0.5 * result["uneven_loss"][0]
+    assert result["loss"][2] < result["loss"][1] < result["loss"][0]  # it trains, epoch after epoch
 
 
 def test_a_failing_worker_fails_fit_with_its_own_error(scenarios):
@@ -98,7 +64,7 @@ def test_a_failing_run_leaves_no_directory_or_training_process_on_any_executor(s
     assert result["processes_left"] == []
 
 
-def test_data_stats_rows_count_every_workers_rows_trained(scenarios):
+def test_data_stats_rows_count_every_workers_rows_trained(scenarios):  # pads excluded
     result = scenarios["uneven"]
     assert result["stats"]["rows"] == 3 * result["total"]  # three epochs of all rows, pads excluded
 

@@ -17,6 +17,7 @@ def python_blocks(page: str) -> list[str]:
 
 
 @pytest.mark.backend_independent  # a documentation snippet; the stages under each backend are test_ml's
+@pytest.mark.session_independent  # the stages on each session are test_ml's
 def test_the_spark_ml_pipeline_page_runs(spark, tmp_path, capsys):
     code = python_blocks("guide/ml-pipelines.md")[0].replace("/tmp/cancer_pipeline", str(tmp_path / "cancer_pipeline"))
     exec(compile(code, str(DOCS / "guide/ml-pipelines.md"), "exec"), {"__name__": "docs"})

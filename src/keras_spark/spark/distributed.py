@@ -218,8 +218,8 @@ def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, e
 
 def _with_validation(selected, validation_data, names: list[str], partition_col: str, weight: str | None = None):
     """Training and validation rows in one DataFrame; validation ids shifted past the training ids."""
-    if weight is not None and weight not in validation_data.columns:
-        # Validation is unweighted, as on the driver: its rows weigh 1.
+    if weight is not None:
+        # Validation is unweighted, as on the driver: its rows weigh 1, even where it has a column of that name.
         validation_data = validation_data.withColumn(weight, F.lit(1).cast(selected.schema[weight].dataType))
     for name in names[:-1]:  # the partition ids may differ in integer width
         train_type, val_type = selected.schema[name].dataType, validation_data.schema[name].dataType
