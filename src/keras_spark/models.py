@@ -118,7 +118,7 @@ class KerasSparkModel(keras.Model):
             shuffle_seed (int | None): fixes the shuffle order without touching the global
                 `random` (KerasEstimator passes its `seed`).
             sample_weight (str | None): with a DataFrame, the *name* of a column of row weights
-                (non-negative, finite), as Spark ML's `weightCol`.
+                (non-negative, finite), as Spark ML's `weightCol`. `validation_data` is not weighted.
             class_weight (dict[int, float] | None): as with NumPy data; one output, not with `sample_weight`.
             validation_data (pyspark.sql.DataFrame | None): a DataFrame with the same columns, evaluated
                 after every epoch (partition ids made too when it has none). `validation_split` is
