@@ -236,6 +236,18 @@ def kinds_model(inputs=("x", "tokens", "img", "v", "s")):
     return m
 
 
+def _with_nan_at(df, pid, position):
+    """`df` with a NaN in x at the `position`-th row (from 0, in the DataFrame's order) of partition id `pid`."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = F.row_number().over(Window.partitionBy("partition_id").orderBy("_source")) - 1
+    nan_x = F.array(F.lit(float("nan")), F.lit(0.0), F.lit(0.0), F.lit(0.0)).cast("array<float>")
+    hit = (F.col("partition_id") == pid) & (F.col("_row") == position)
+    numbered = df.withColumn("_source", F.monotonically_increasing_id()).withColumn("_row", order)
+    return numbered.withColumn("x", F.when(hit, nan_x).otherwise(F.col("x"))).drop("_row", "_source")
+
+
 def refusals():
     df = frame([100, 100, 100])
     messages = {}
@@ -245,6 +257,8 @@ def refusals():
         "validation_batch": dict(batch_size=32, num_workers=2, validation_data=df, validation_batch_size=15),
         "empty_validation": dict(batch_size=32, num_workers=2, validation_data=df.limit(0)),
         "too_few_ids": dict(batch_size=32, num_workers=2, df=frame([100])),
+        "bad_row": dict(batch_size=32, num_workers=2, df=_with_nan_at(df, pid=1, position=5)),
+        "bad_validation_row": dict(batch_size=32, num_workers=2, validation_data=_with_nan_at(df, pid=2, position=7)),
     }.items():
         data = kwargs.pop("df", df)
         try:

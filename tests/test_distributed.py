@@ -190,3 +190,8 @@ def test_what_cannot_run_is_refused_before_training(scenarios):
     assert messages["validation_batch"].startswith("ValueError: validation_batch_size=15 is the global batch")
     assert messages["empty_validation"] == "DataError: validation_data has no rows"
     assert messages["too_few_ids"].startswith("DataError: num_workers=2 but the DataFrame has 1 partition id")
+    # A bad row is named as without workers: its position among its partition id's rows, in DataFrame order
+    assert messages["bad_row"].startswith("DataError: column 'x' has a NaN or infinite value")
+    assert "at row 5 of partition id 1" in messages["bad_row"]
+    assert messages["bad_validation_row"].startswith("DataError: validation_data: column 'x' has a NaN")
+    assert "at row 7 of partition id 2" in messages["bad_validation_row"]

@@ -41,9 +41,9 @@ from keras_spark.errors import BindingError, DataError, TrainingError
 from keras_spark.kinds import kind_of
 from keras_spark.kinds.schema import describe_type
 from keras_spark.kinds.sparse import most_row_entries
-from keras_spark.spark import is_spark_dataframe
+from keras_spark.spark import is_spark_dataframe, row_location
 from keras_spark.spark.executors import check_executors, worker_python
-from keras_spark.spark.extract import _assemble, _write_rows
+from keras_spark.spark.extract import _SOURCE_ORDER, _assemble, _write_rows
 from keras_spark.spark.score import threads_per_task
 from keras_spark.spark.session import ship_bytes, task_slots
 from keras_spark.spark.training_gpus import check_training_gpus, training_profile
@@ -186,9 +186,12 @@ def fit_distributed(model, df, bindings, *, num_workers: int, batch_size: int, e
     owner.update(assign_partitions({p: n for p, n in rows_by_pid.items() if p not in train_rows}, num_workers))
     keys = routing_keys(num_workers)
     route = F.create_map(*[F.lit(x) for pid, w in owner.items() for x in (pid, keys[w])])
+    # Rows of one id keep the DataFrame's order (the shuffle does not), so a bad row's position among
+    # its id's rows is the one the user finds, as without workers.
     routed = (
-        selected.repartition(num_workers, route[F.col(f"`{partition_col}`")])
-        .sortWithinPartitions(F.col(f"`{partition_col}`"))
+        selected.withColumn(_SOURCE_ORDER, F.monotonically_increasing_id())
+        .repartition(num_workers, route[F.col(f"`{partition_col}`")])
+        .sortWithinPartitions(F.col(f"`{partition_col}`"), F.col(_SOURCE_ORDER)).drop(_SOURCE_ORDER)
     )
     job = WorkerJob(
         num_workers=num_workers, backend=keras.backend.backend(), owner=owner, local_batch=batch_size // num_workers,
@@ -307,7 +310,7 @@ def _barrier_task(batches, *, job: WorkerJob, package):
         if rank == 0:
             info["coordinator"] = f"{_task_host(ctx, rank)}:{_free_port()}"
         infos = [json.loads(m) for m in ctx.allGather(json.dumps(info))]
-        problem = _agreement_problem(infos)
+        problem = _agreement_problem(infos, job.validation_offset)
         if problem:  # every task sees the same infos, so all stop here together
             yield _result_row(rank, {"rank": rank, "error": problem})
             return
@@ -364,10 +367,10 @@ def _stray_ids(info: dict, owner: dict, rank: int) -> list[int]:
     return sorted({int(pid) for pid, _, _ in info.get("runs", []) if owner.get(int(pid)) != rank})
 
 
-def _agreement_problem(infos: list[dict]) -> str | None:
+def _agreement_problem(infos: list[dict], validation_offset: int | None = None) -> str | None:
     for i in infos:
         if "error" in i:
-            return i["error"]
+            return _named_row(i, validation_offset)
     for rank, i in enumerate(infos):
         if i["stray"]:
             return f"internal: worker {rank} received partition ids {i['stray'][:5]} it was not assigned"
@@ -375,6 +378,16 @@ def _agreement_problem(infos: list[dict]) -> str | None:
             return (f"worker {rank} received no rows although partition ids were assigned to it; did the "
                     f"DataFrame change between the row count and the training pass (a non-deterministic source)?")
     return None
+
+
+def _named_row(failed: dict, validation_offset: int | None) -> str:
+    """A task's write error with the bad row named as without workers: all of an id's rows are in one task,
+    in the DataFrame's order, so its position there is its position in the id (validation ids unshifted)."""
+    if validation_offset is not None and failed.get("partition_id", -1) >= validation_offset:
+        shifted, pid = failed["partition_id"], failed["partition_id"] - validation_offset
+        error = failed["error"].replace(f"partition id {shifted}", f"partition id {pid}")
+        failed = dict(failed, partition_id=pid, error="validation_data: " + error)
+    return row_location.describe(failed, 0, None)
 
 
 def _result_row(rank: int, result: dict) -> pa.RecordBatch:
