@@ -83,7 +83,7 @@ def uneven():
     """Uneven ids and bucketed sequences (and sparse rows under JAX): every row once an epoch; the second
     worker has no validation rows and pads every validation step."""
     sizes = [1500, 700, 300, 37]
-    m = kinds_model(inputs=("x", "tokens", "s"))
+    m = kinds_model(inputs=("x", "tokens", "v", "s"))
     h = m.fit(kinds_frame(sizes, seed=1, images=False), batch_size=32, epochs=3, verbose=0, num_workers=2,
               bucket_by_length=True, validation_data=kinds_frame([100], seed=2, images=False))
     report("uneven", total=sum(sizes), stats={k: v for k, v in m.data_stats.items() if k != "step_s"},

@@ -47,6 +47,7 @@ def test_uneven_partitions_and_buckets_serve_every_row_once_an_epoch(scenarios):
     assert stats["steps_per_epoch"] >= 47
     assert result["history_keys"] == ["loss", "mae", "val_loss", "val_mae"]
     assert result["loss"][2] < result["loss"][1] < result["loss"][0]  # it trains, epoch after epoch
+    assert result["loss"][2] < 0.5 * result["loss"][0]
 
 
 def test_a_failing_worker_fails_fit_with_its_own_error(scenarios):
