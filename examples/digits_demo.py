@@ -53,11 +53,14 @@ def small_convnet():
     return model
 
 
-def main(epochs: int = 8):
+def main(epochs: int = 8, spark=None):
+    """Train and score the digits; `spark`: a session to use (kept open), else a local one made and stopped here."""
     keras.utils.set_random_seed(0)
-    spark = SparkSession.builder.master("local[2]").appName("keras-spark-demo") \
-        .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+    own_session = spark is None
+    if own_session:
+        spark = SparkSession.builder.master("local[2]").appName("keras-spark-demo") \
+            .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate()
+        spark.sparkContext.setLogLevel("ERROR")
     df = digits_frame(spark).cache()
     train, held_out = df.filter(~F.col("held_out")), df.filter(F.col("held_out"))
     print(f"digits: {train.count()} training rows, {held_out.count()} held out, {PARTITIONS} partition ids")
@@ -73,7 +76,9 @@ def main(epochs: int = 8):
     print("a few held-out rows:")
     for row in scored.select("digit", "predicted").limit(10).collect():
         print(f"  label {row['digit']}  predicted {row['predicted']}")
-    spark.stop()
+    df.unpersist()
+    if own_session:
+        spark.stop()
 
 
 if __name__ == "__main__":

@@ -74,15 +74,18 @@ def small_convnet():
     return model
 
 
-def main(folder: str | None = None, epochs: int = 10, images: int | None = None) -> float:
+def main(folder: str | None = None, epochs: int = 10, images: int | None = None, spark=None) -> float:
+    """Write the image files, train and score; `spark`: a session to use (kept open), else a local one."""
     if folder is None:
         with tempfile.TemporaryDirectory(prefix="digit_images_") as scratch:
-            return main(scratch, epochs, images)
+            return main(scratch, epochs, images, spark)
     keras.utils.set_random_seed(0)
     print(f"wrote {write_digit_files(folder, images)} image files under {folder}")
-    spark = SparkSession.builder.master("local[2]").appName("keras-spark-images") \
-        .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+    own_session = spark is None
+    if own_session:
+        spark = SparkSession.builder.master("local[2]").appName("keras-spark-images") \
+            .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate()
+        spark.sparkContext.setLogLevel("ERROR")
     files = image_files(spark, folder)
     train, held_out = files.filter(~F.col("held_out")), files.filter(F.col("held_out"))
 
@@ -93,7 +96,8 @@ def main(folder: str | None = None, epochs: int = 10, images: int | None = None)
     predicted = np.stack(rows.iloc[:, 2].to_numpy()).argmax(axis=1)
     accuracy = float((predicted == rows.iloc[:, 1].to_numpy()).mean())
     print(f"held-out accuracy on {len(rows)} image files: {accuracy:.3f}")
-    spark.stop()
+    if own_session:
+        spark.stop()
     return accuracy
 
 

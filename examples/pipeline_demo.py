@@ -41,11 +41,14 @@ def small_classifier(width: int) -> keras.Model:
     return model
 
 
-def main(epochs: int = 10):
+def main(epochs: int = 10, spark=None):
+    """Tune, score, save and reload the pipeline; `spark`: a session to use (kept open), else a local one."""
     keras.utils.set_random_seed(0)
-    spark = SparkSession.builder.master("local[2]").appName("keras-spark-pipeline-demo") \
-        .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+    own_session = spark is None
+    if own_session:
+        spark = SparkSession.builder.master("local[2]").appName("keras-spark-pipeline-demo") \
+            .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false").getOrCreate()
+        spark.sparkContext.setLogLevel("ERROR")
     df = cancer_frame(spark).cache()
     train, test = df.randomSplit([0.8, 0.2], seed=1)
     columns = [c for c in df.columns if c != "target"]
@@ -72,7 +75,9 @@ def main(epochs: int = 10):
         reloaded = PipelineModel.load(path)
         print(f"reloaded from {path}: held-out AUC {auc.evaluate(reloaded.transform(test)):.4f}")
     scored.select("target", "probability", "prediction").show(5, truncate=False)
-    spark.stop()
+    df.unpersist()
+    if own_session:
+        spark.stop()
 
 
 if __name__ == "__main__":

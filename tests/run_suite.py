@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["jax", "tensorflow", "torch"]  # longest first: free lanes take passes in this order
+SLOWEST = 12  # tests each pass lists by time, so a change sees what it adds
 NOTHING_TO_RUN = 5  # pytest's exit status when a pass selects no test (e.g. only backend_independent ones)
 
 
@@ -45,9 +46,17 @@ class Pass:
         self.backend, self.log = backend, logs / f"{backend}.log"
         self.tmp = tempfile.mkdtemp(prefix=f"keras_spark_tests_{backend}_")
         self.env = dict(os.environ, KERAS_BACKEND=backend, KERAS_SPARK_TEST_SESSIONS=sessions, TMPDIR=self.tmp)
-        self.command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--durations=15", *pytest_args]
+        if backend == "jax":
+            # One compilation cache for the pass and the worker processes it starts: the scenarios' workers
+            # compile the same train steps again and again (XLA's compile is most of a small JAX fit).
+            # Outside TMPDIR, which tests check for leftovers.
+            self.env.update(JAX_COMPILATION_CACHE_DIR=tempfile.mkdtemp(prefix="jax_compilation_cache_"),
+                            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+        self.command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--durations={SLOWEST}",
+                        *pytest_args]
         self.returncode: int | None = None
         self.seconds = 0.0
+        self.lane = 0
 
     def run(self) -> None:
         start = time.monotonic()
@@ -62,21 +71,36 @@ class Pass:
         result = lines[-1].strip("= ") if lines else "no output"
         return f"exit {self.returncode} in {self.seconds / 60:.1f} min: {result}"
 
+    def slowest(self) -> list[str]:
+        """pytest's `--durations` lines ("12.34s call tests/test_x.py::test_y[classic]"), slowest first."""
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        start = next((i for i, line in enumerate(lines) if "slowest" in line and "durations" in line), None)
+        if start is None:
+            return []
+        found = []
+        for line in lines[start + 1:]:
+            if not line.strip() or line.startswith("="):
+                break
+            if line.split()[0].endswith("s"):
+                found.append(line.strip())
+        return found
+
 
 def _run_in_lanes(passes: list[Pass], jobs: int) -> None:
     """Run the passes, at most `jobs` at once; a lane that comes free takes the next pass in order."""
     waiting = list(passes)
     lock = threading.Lock()
 
-    def lane() -> None:
+    def lane(number: int) -> None:
         while True:
             with lock:
                 if not waiting:
                     return
                 one = waiting.pop(0)
+            one.lane = number
             one.run()
 
-    threads = [threading.Thread(target=lane) for _ in range(max(1, min(jobs, len(passes))))]
+    threads = [threading.Thread(target=lane, args=(n,)) for n in range(1, max(1, min(jobs, len(passes))) + 1)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -101,7 +125,14 @@ def main(argv: list[str]) -> int:
         print("\n".join(one.log.read_text(errors="replace").splitlines()[-80:]), flush=True)
     print(f"\nall passes in {(time.monotonic() - start) / 60:.1f} min", flush=True)
     for one in passes:
-        print(f"  {one.backend:<10} {one.summary()}", flush=True)
+        print(f"  {one.backend:<10} lane {one.lane}, {one.summary()}", flush=True)
+    for lane in sorted({one.lane for one in passes}):
+        in_lane = [one for one in passes if one.lane == lane]
+        print(f"  lane {lane}: {' then '.join(one.backend for one in in_lane)}, "
+              f"{sum(one.seconds for one in in_lane) / 60:.1f} min", flush=True)
+    for one in passes:
+        print(f"\n{one.backend} pass, its slowest tests:", flush=True)
+        print("\n".join(f"  {line}" for line in one.slowest()) or "  (none listed)", flush=True)
     return 1 if failed else 0
 
 

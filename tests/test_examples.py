@@ -1,9 +1,12 @@
-"""Every example runs (with tiny settings), and the README's quickstart is examples/quickstart.py, which learns."""
+"""Every example runs (with tiny settings, on the suite's session), and the README's quickstart is
+examples/quickstart.py, which learns."""
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,31 +38,37 @@ def test_the_quickstart_learns_y_equals_2x_plus_1_and_prints_predictions(spark, 
     assert "predicted" in printed and printed.count("\n|") >= 6  # a header and five scored rows
 
 
-def _run_example(name: str, *args: str, tmp_path: Path) -> str:
+def _example(name: str):
+    """examples/<name>.py imported as a module (its `main` takes the suite's session: no JVM of its own)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_digits_demo_runs_as_the_readme_runs_it(tmp_path):
+    """The README's main job, as a script: its own local session, made and stopped."""
     import keras_spark
 
-    # The keras_spark this test imported (an installed wheel, or src/ with an in-place core).
-    package_root = str(Path(keras_spark.__file__).parents[1])
-    # An example makes its own local session, even when the suite's Connect tests set SPARK_REMOTE.
+    package_root = str(Path(keras_spark.__file__).parents[1])  # the keras_spark under test (wheel or src/)
+    # The script makes its own local session, even when the suite's Connect tests set SPARK_REMOTE.
     env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")}
     env.update(KERAS_BACKEND="tensorflow", TMPDIR=str(tmp_path), PYTHONPATH=os.pathsep.join([package_root, *sys.path]))
-    done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], env=env, cwd=tmp_path,
+    done = subprocess.run([sys.executable, str(EXAMPLES / "digits_demo.py"), "--epochs", "1"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    assert "held-out accuracy" in done.stdout and done.stdout.count("  label ") == 10
 
 
-def test_digits_demo_runs(tmp_path):
-    out = _run_example("digits_demo.py", "--epochs", "1", tmp_path=tmp_path)
-    assert "held-out accuracy" in out and out.count("  label ") == 10
-
-
-def test_pipeline_demo_runs(tmp_path):
-    out = _run_example("pipeline_demo.py", "--epochs", "1", tmp_path=tmp_path)
+def test_pipeline_demo_runs(spark, capsys):
+    _example("pipeline_demo").main(epochs=1, spark=spark)
+    out = capsys.readouterr().out
     assert "cross-validated AUC" in out and "reloaded from" in out
 
 
-def test_image_classifier_runs_and_leaves_no_files_behind(tmp_path):
-    out = _run_example("image_classifier.py", "--epochs", "1", "--images", "200", tmp_path=tmp_path)
+def test_image_classifier_runs_and_leaves_no_files_behind(spark, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where its temporary image folder goes
+    _example("image_classifier").main(epochs=1, images=200, spark=spark)
+    out = capsys.readouterr().out
     assert "wrote 200 image files" in out and "held-out accuracy" in out
     assert not list(tmp_path.glob("digit_images_*"))
