@@ -186,24 +186,33 @@ def use_task_devices(backend: str, gpu_amount: float, role: str = "score") -> De
     return record
 
 
+def _jax_gpus() -> int:
+    import jax
+
+    return len(jax.devices("gpu"))
+
+
+def _torch_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _tensorflow_gpus() -> int:
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))  # lists them without starting the runtime
+
+
+_GPU_COUNTERS = {"jax": _jax_gpus, "torch": _torch_gpus, "tensorflow": _tensorflow_gpus}
+
+
 def backend_gpu_count(backend: str) -> int:
     """GPUs the (imported) backend sees in this process; 0 when it has none or no GPU support."""
     try:
-        if backend == "jax":
-            import jax
-
-            return len(jax.devices("gpu"))
-        if backend == "torch":
-            import torch
-
-            return torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            return len(tf.config.list_physical_devices("GPU"))
+        return _GPU_COUNTERS[backend]() if backend in _GPU_COUNTERS else 0
     except RuntimeError:  # JAX: "Unknown backend: 'gpu'" on a CPU-only jaxlib
         return 0
-    return 0
 
 
 def task_device_scope(record: DeviceRecord) -> Callable[[], contextlib.AbstractContextManager]:
