@@ -161,3 +161,34 @@ def test_checkpoint_is_refused_where_resume_could_not_be_exact(frame, tmp_path):
     with pytest.raises(TypeError, match="checkpoint"):
         _model(seed=7).fit(np.zeros((4, 4)), np.zeros((4, 1)), checkpoint=str(tmp_path), verbose=0)
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.backend_independent
+def test_a_resume_on_a_driver_with_other_cores_keeps_the_first_runs_order(frame, uninterrupted, tmp_path,
+                                                                           monkeypatch):
+    """Partition ids read at once default to one per core and decide the order: the checkpoint keeps them."""
+    assert (os.cpu_count() or 1) > 1, "the uninterrupted run must interleave more than one id for this check"
+    location = str(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        _model(seed=7).fit(frame, batch_size=BATCH, epochs=EPOCHS, verbose=0, checkpoint=location,
+                           callbacks=[_StopAt(epoch=1, step=0)])
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)  # a smaller driver: one id at a time by default
+    resumed = _model(seed=99)
+    history = resumed.fit(frame, batch_size=BATCH, epochs=EPOCHS, verbose=0, checkpoint=location)
+    _same_weights(resumed.get_weights(), uninterrupted[0])
+    assert history.history == uninterrupted[1]
+
+
+@pytest.mark.backend_independent
+def test_keras_estimator_commits_to_its_checkpoint_location_and_resumes_there(frame, tmp_path):
+    from builders import regression_model
+
+    from keras_spark.ml import KerasEstimator
+
+    location = str(tmp_path / "stage")
+    stage = KerasEstimator(model=regression_model(), epochs=2, batchSize=BATCH, checkpointLocation=location)
+    first = stage.fit(frame)
+    assert [n.split("-e")[1] for n in CheckpointStore(location).committed()] == ["1-s0", "2-s0"]
+    longer = stage.copy({stage.epochs: 3}).fit(frame)  # the same run, one epoch more: epochs 0 and 1 not retrained
+    assert longer.history["loss"][:2] == first.history["loss"] and len(longer.history["loss"]) == 3
+    assert [n.split("-e")[1] for n in CheckpointStore(location).committed()] == ["1-s0", "2-s0", "3-s0"]

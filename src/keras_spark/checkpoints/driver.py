@@ -56,6 +56,7 @@ class ResumePoint:
 
     epoch: int
     shuffle_seed: int
+    interleave: int
     history: dict[str, list]
     checkpoint: str
 
@@ -65,7 +66,7 @@ class DriverCheckpoints:
 
     Example:
         checkpoints = DriverCheckpoints(Checkpoint("s3://bucket/run1"))
-        seed, first_epoch = checkpoints.start(model, cached, seed, 0, {"batch_size": 32})  # resumes if it can
+        seed, interleave, first_epoch = checkpoints.start(model, cached, seed, 4, 0, {"batch_size": 32})
         history = checkpoints.complete(model.fit(..., callbacks=[checkpoints.callback()]))
     """
 
@@ -79,23 +80,26 @@ class DriverCheckpoints:
         self._history: dict[str, list] = {}
         self._epochs_before = 0
         self._fingerprint: dict = {}
-        self._seed = 0
+        self._seed = self._interleave = 0
+        self._set_backend_rng = None  # set by a resume; called right before the first step
 
-    def start(self, model, cached, shuffle_seed: int, initial_epoch: int, arguments: dict) -> tuple[int, int]:
-        """(shuffle seed, initial epoch) for this fit: the checkpoint's when there is one (`model` restored).
+    def start(self, model, cached, shuffle_seed: int, interleave: int, initial_epoch: int,
+              arguments: dict) -> tuple[int, int, int]:
+        """(shuffle seed, partitions interleaved, initial epoch) for this fit: the checkpoint's when there
+        is one (`model` restored), so that the resumed epochs are served in the first run's order.
 
         `arguments`: the fit arguments a resumed run must share with the first (its fingerprint's "fit").
         """
         self._fingerprint = fit_fingerprint(model, cached, arguments)
         point = self.resume(model, self._fingerprint)
         if point is None:
-            self._seed = shuffle_seed
-            return shuffle_seed, initial_epoch
+            self._seed, self._interleave = shuffle_seed, interleave
+            return shuffle_seed, interleave, initial_epoch
         if initial_epoch not in (0, point.epoch):
             raise ValueError(f"initial_epoch={initial_epoch}, but the checkpoint {self.options.location}/"
                              f"{point.checkpoint} resumes at epoch {point.epoch}; leave initial_epoch out")
-        self._seed = point.shuffle_seed
-        return point.shuffle_seed, point.epoch
+        self._seed, self._interleave = point.shuffle_seed, point.interleave
+        return point.shuffle_seed, point.interleave, point.epoch
 
     def resume(self, model, fingerprint: dict) -> ResumePoint | None:
         """Restore `model` from the last good checkpoint (its fingerprint checked); None when there is none."""
@@ -105,12 +109,12 @@ class DriverCheckpoints:
             return None
         check_fingerprint(stored.manifest["fingerprint"], fingerprint, f"{self.options.location}/{stored.name}")
         record = CheckpointRecord.from_json(stored.files[RECORD_FILE])
-        restore(model, record.variables, stored.files[STATE_FILE])
+        self._set_backend_rng = restore(model, record.variables, stored.files[STATE_FILE])
         self.resume_s = time.perf_counter() - started
         self.resumed_from = stored.name
         self._history = {k: list(v) for k, v in record.history.items()}
         self._epochs_before = record.epoch
-        return ResumePoint(record.epoch, record.shuffle_seed, self._history, stored.name)
+        return ResumePoint(record.epoch, record.shuffle_seed, record.interleave, self._history, stored.name)
 
     def callback(self) -> keras.callbacks.Callback:
         """A Keras callback that commits a checkpoint at the end of every epoch (after `start`)."""
@@ -122,7 +126,7 @@ class DriverCheckpoints:
             self._history.setdefault(key, []).append(_plain_value(value))
         index, state = snapshot(model)
         record = CheckpointRecord(epoch=epoch + 1, step=0, history=self._history, shuffle_seed=int(self._seed),
-                                  variables=index)
+                                  interleave=int(self._interleave), variables=index)
         return self.store.commit({STATE_FILE: state, RECORD_FILE: record.to_json()}, epoch=epoch + 1, step=0,
                                  fingerprint=self._fingerprint, extra={"world_size": 1, "versions": _versions()})
 
@@ -145,6 +149,12 @@ class _CommitEveryEpoch(keras.callbacks.Callback):
     def __init__(self, checkpoints: DriverCheckpoints):
         super().__init__()
         self._checkpoints = checkpoints
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # After Keras's set-up (its data loader draws from torch's RNG), as in the run that never stopped.
+        set_backend_rng, self._checkpoints._set_backend_rng = self._checkpoints._set_backend_rng, None
+        if set_backend_rng is not None:
+            set_backend_rng()
 
     def on_epoch_end(self, epoch, logs=None):
         self._checkpoints.commit(self.model, epoch, logs)

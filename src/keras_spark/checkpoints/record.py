@@ -1,10 +1,11 @@
 """What a checkpoint holds, as one typed record, and the fingerprint of the run it belongs to.
 
 The state is every variable's raw bytes, never a Keras file: the model's variables (weights and the
-seed generators' states), the optimizer's (its iteration count, learning rate and slots) and the
-metrics'. Raw values restore bit for bit under every backend and need no TensorFlow to write or read,
-wherever the bytes go. The fingerprint (model, data, fit arguments) is kept readable, not only hashed,
-so that a refusal can name what differs.
+seed generators' states), the optimizer's (its iteration count, learning rate and slots), the
+metrics', and the backend's global RNG state where a step draws from it (PyTorch). Raw values restore
+bit for bit under every backend and need no TensorFlow to write or read, wherever the bytes go. The
+fingerprint (model, data, fit arguments) is kept readable, not only hashed, so that a refusal can name
+what differs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from keras_spark.errors import CheckpointMismatchError
 
 STATE_FILE = "state.bin"
 RECORD_FILE = "record.json"
-GROUPS = ("model", "optimizer", "metrics")
+GROUPS = ("model", "optimizer", "metrics")  # variables; "backend_rng" entries are the backend's global RNG
 
 
 @dataclasses.dataclass
@@ -28,14 +29,16 @@ class CheckpointRecord:
     """A run's position and what it has learned so far (the JSON beside the variables' bytes).
 
     `epoch` is the next epoch to train (epochs done), `step` the next step in it (0 at an epoch's
-    boundary); `history` maps each History key to one value per epoch done; `shuffle_seed` is the
-    feed's seed, so that a resumed run serves each epoch in the order the first run would have.
+    boundary); `history` maps each History key to one value per epoch done; `shuffle_seed` and
+    `interleave` (partition ids read at once) are the feed's, so that a resumed run serves each epoch
+    in the order the first run would have, on a driver with another number of cores too.
     """
 
     epoch: int
     step: int
     history: dict[str, list]
     shuffle_seed: int
+    interleave: int
     variables: list[dict] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> bytes:
@@ -58,23 +61,57 @@ def _as_numpy(variable) -> np.ndarray:
     return np.ascontiguousarray(keras.ops.convert_to_numpy(variable.value))
 
 
+def _backend_rng_states() -> dict[str, np.ndarray]:
+    """The backend's global RNG states that a training step can draw from.
+
+    PyTorch's: Keras's unseeded `Dropout` (and other `seed=None` layers) draw from torch's global
+    generator there, not from their SeedGenerator. TensorFlow and JAX draw only from seed generators,
+    which are model variables.
+    """
+    import keras
+
+    if keras.backend.backend() != "torch":
+        return {}
+    import torch
+
+    states = {"torch.cpu": torch.get_rng_state().numpy()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states.update({f"torch.cuda:{i}": s.numpy() for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return states
+
+
+def _set_backend_rng_state(path: str, value: np.ndarray) -> None:
+    import torch
+
+    if path == "torch.cpu":
+        torch.set_rng_state(torch.from_numpy(value.copy()))
+    elif path.startswith("torch.cuda:") and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.from_numpy(value.copy()), int(path.split(":")[1]))
+
+
 def snapshot(model) -> tuple[list[dict], bytes]:
     """(index of every variable, their bytes end to end): a copy in host memory of the model's state."""
+    arrays = [(group, variable.path, _as_numpy(variable).reshape(tuple(variable.shape)))
+              for group, variables in _variables(model).items() for variable in variables]
+    # (The declared shape: a JAX fit can leave a scalar, the optimizer's iteration, as shape (1,).)
+    arrays += [("backend_rng", path, state) for path, state in _backend_rng_states().items()]
     index, chunks, offset = [], [], 0
-    for group, variables in _variables(model).items():
-        for variable in variables:
-            # The declared shape: a JAX fit can leave a scalar (the optimizer's iteration) as shape (1,).
-            array = _as_numpy(variable).reshape(tuple(variable.shape))
-            data = array.tobytes()
-            index.append({"group": group, "path": variable.path, "dtype": str(array.dtype),
-                          "shape": list(array.shape), "offset": offset, "bytes": len(data)})
-            chunks.append(data)
-            offset += len(data)
+    for group, path, array in arrays:
+        data = array.tobytes()
+        index.append({"group": group, "path": path, "dtype": str(array.dtype), "shape": list(array.shape),
+                      "offset": offset, "bytes": len(data)})
+        chunks.append(data)
+        offset += len(data)
     return index, b"".join(chunks)
 
 
-def restore(model, index: list[dict], state: bytes) -> None:
-    """Assign every variable its checkpointed value (the optimizer built first if fit has not yet built it)."""
+def restore(model, index: list[dict], state: bytes):
+    """Assign every variable its checkpointed value (the optimizer built first if fit has not yet built it).
+
+    Returns a function that sets the backend's global RNG state: call it right before the first
+    training step, so that what Keras draws while it sets fit up (torch's DataLoader draws a seed) is
+    drawn before, as in the run that never stopped.
+    """
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)
@@ -95,6 +132,14 @@ def restore(model, index: list[dict], state: bytes) -> None:
                     f"this model's {variable.path} is {dtype}{tuple(variable.shape)}")
             chunk = state[entry["offset"]:entry["offset"] + entry["bytes"]]
             variable.assign(np.frombuffer(chunk, dtype=dtype).reshape(entry["shape"]))
+    rng = [(e["path"], np.frombuffer(state[e["offset"]:e["offset"] + e["bytes"]], dtype=e["dtype"]).reshape(e["shape"]))
+           for e in index if e["group"] == "backend_rng"]  # a checkpoint of another backend has none of this one's
+
+    def set_backend_rng() -> None:
+        for path, value in rng:
+            _set_backend_rng_state(path, value)
+
+    return set_backend_rng
 
 
 # -- fingerprints ----------------------------------------------------------------------

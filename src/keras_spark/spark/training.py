@@ -185,15 +185,18 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
         if spark_validation:
             val_cached = stack.enter_context(
                 _cached(model, validation_data, val_bindings, partition_col, cache_dir, allow_non_finite, row_id_col))
-        if checkpoints is not None:  # resumed: the model restored; the seed and first epoch the checkpoint's
-            seed, initial_epoch = checkpoints.start(model, cached, seed, initial_epoch, dict(
-                batch_size=batch_size, shuffle=shuffle, shuffle_seed=shuffle_seed, class_weight=class_weight,
-                sample_weight=sample_weight, sequence_options=sequence_options, image_resize=image_resize,
-                partition_col=partition_col, validation=spark_validation,
-                interleave=default_parallelism(num_parallel_calls, max(1, len(cached.partitions)))))
+        train_parallel_calls = num_parallel_calls
+        if checkpoints is not None:  # resumed: the model restored; the data's order and first epoch the checkpoint's
+            seed, train_parallel_calls, initial_epoch = checkpoints.start(
+                model, cached, seed, default_parallelism(num_parallel_calls, max(1, len(cached.partitions))),
+                initial_epoch, dict(batch_size=batch_size, shuffle=shuffle, shuffle_seed=shuffle_seed,
+                                    num_parallel_calls=num_parallel_calls, class_weight=class_weight,
+                                    sample_weight=sample_weight, sequence_options=sequence_options,
+                                    image_resize=image_resize, partition_col=partition_col,
+                                    validation=spark_validation))
             keras_kwargs["callbacks"] = [*(keras_kwargs.get("callbacks") or []), checkpoints.callback()]
         feed = _feed(model, cached, batch_size, shuffle=shuffle, seed=seed,
-                     num_parallel_calls=num_parallel_calls, first_epoch=initial_epoch, class_weight=class_weight)
+                     num_parallel_calls=train_parallel_calls, first_epoch=initial_epoch, class_weight=class_weight)
         stack.callback(feed.close)
         if spark_validation:
             val_feed = _feed(model, val_cached, validation_batch_size or batch_size, shuffle=False, seed=0,
