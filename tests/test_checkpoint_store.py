@@ -139,3 +139,15 @@ def test_checkpoints_on_s3_through_a_real_s3_api(s3_bucket):
     latest = fresh.latest()
     assert latest.name == names[-1] and latest.files["state.bin"] == b"state of epoch 3"
     assert json.loads(json.dumps(latest.manifest))["fingerprint"] == FINGERPRINT
+
+
+def test_a_scheme_pyarrow_lacks_goes_through_fsspec(tmp_path):
+    """abfs://, abfss:// and others take this path: fsspec's file system inside pyarrow's PyFileSystem."""
+    import uuid
+
+    location = f"memory://checkpoints-{uuid.uuid4().hex}/run"  # fsspec's in-memory file system
+    store = CheckpointStore(location, keep=1)
+    _commit(store, 1)
+    name = _commit(store, 2)
+    assert CheckpointStore(location).committed() == [name]
+    assert CheckpointStore(location).latest().files["state.bin"] == b"state of epoch 2"

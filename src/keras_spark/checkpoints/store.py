@@ -69,7 +69,12 @@ def open_file_system(location: str, storage_options: dict | None = None):
     if scheme in ("file", "hdfs", "viewfs") and not options:
         fs, path = pafs.FileSystem.from_uri(location)
         return fs, path.rstrip("/") or "/"
-    import fsspec
+    try:
+        import fsspec
+    except ImportError as error:
+        raise ImportError(f"keras-spark: the checkpoint location {location!r} needs fsspec and its package for "
+                          f"{scheme}:// (pyarrow has no file system for it): pip install fsspec "
+                          f"{'adlfs' if scheme.startswith('abfs') or scheme == 'az' else ''}".rstrip()) from error
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     fs, path = fsspec.core.url_to_fs(location, **options)
