@@ -136,7 +136,9 @@ class KerasSparkModel(keras.Model):
                 in the steps Keras completed), `rows_prefetched`, `partitions`, `partition_ids_made`,
                 `cache_path`, `distinct_shapes` (int: the distinct batch shapes fed; JAX compiles a step for
                 each), and the padding figures of sequence columns (`padding_fraction`, float: pad steps /
-                all steps served). With `verbose` on, fit prints it in one line.
+                all steps served). With `checkpoint`: `checkpoint_s` (seconds committing), `checkpoints_written`,
+                `checkpoint_bytes` (written in all), `resume_s`, `resumed_from` (the checkpoint's name or None),
+                `steps_replayed` (0). With `verbose` on, fit prints it in one line.
 
         Raises:
             keras_spark.errors.BindingError: a column is missing or cannot feed its input (before Spark runs).
