@@ -1,6 +1,6 @@
 """Checkpoints: the time training waits for a save at the default frequency (every epoch).
 
-    python bench/checkpoint_bench.py [--rows 100000] [--epochs 3]
+    python bench/checkpoint_bench.py [--rows 100000] [--epochs 3]   # -> bench/results/checkpoint_bench_<backend>.json
 
 Two models on the w1 data (rows x 32 float32 features, 64 partition ids): w1 (a 32-64-1 MLP, 2.2 k
 parameters) and a 1 M-parameter MLP (32-960-960-1). For each, one fit without checkpoints (the training
@@ -110,7 +110,7 @@ def main():
         for figure in runs.values():
             figure["save_share_of_training"] = figure["save_s"] / base
         figures[name] = runs
-    emit("checkpoint_bench", figures)
+    emit(f"checkpoint_bench_{keras.backend.backend()}", figures)
     spark.stop()
 
 
