@@ -151,3 +151,16 @@ def test_a_scheme_pyarrow_lacks_goes_through_fsspec(tmp_path):
     name = _commit(store, 2)
     assert CheckpointStore(location).committed() == [name]
     assert CheckpointStore(location).latest().files["state.bin"] == b"state of epoch 2"
+
+
+def test_s3_endpoint_and_credentials_from_storage_options(s3_bucket, monkeypatch):
+    """Without the AWS variables, storage_options are pyarrow.fs.S3FileSystem's own keywords."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+        monkeypatch.delenv(name)
+    scheme, _, host = endpoint.partition("://")
+    options = {"endpoint_override": host, "scheme": scheme, "region": "us-east-1", "access_key": "testing",
+               "secret_key": "testing"}
+    store = CheckpointStore(f"{s3_bucket}/explicit", storage_options=options)
+    name = _commit(store, 1)
+    assert CheckpointStore(f"{s3_bucket}/explicit", storage_options=options).latest().name == name

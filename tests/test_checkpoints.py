@@ -192,3 +192,36 @@ def test_keras_estimator_commits_to_its_checkpoint_location_and_resumes_there(fr
     longer = stage.copy({stage.epochs: 3}).fit(frame)  # the same run, one epoch more: epochs 0 and 1 not retrained
     assert longer.history["loss"][:2] == first.history["loss"] and len(longer.history["loss"]) == 3
     assert [n.split("-e")[1] for n in CheckpointStore(location).committed()] == ["1-s0", "2-s0", "3-s0"]
+
+
+@pytest.mark.backend_independent
+def test_a_store_that_goes_down_fails_fit_naming_the_store_and_the_last_good_checkpoint(frame, tmp_path,
+                                                                                          monkeypatch):
+    import pyarrow.fs as pafs
+
+    from keras_spark.checkpoints import store
+    from keras_spark.errors import CheckpointStoreError
+
+    location = str(tmp_path / "run")
+
+    class GoesDown:  # a local file system whose writes fail after the first commit's three files
+        writes = 0
+
+        def open_output_stream(self, path):
+            GoesDown.writes += 1
+            if GoesDown.writes > 3:
+                raise OSError("AWS Error NETWORK_CONNECTION: connection reset by peer")
+            return pafs.LocalFileSystem().open_output_stream(path)
+
+        def __getattr__(self, name):
+            return getattr(pafs.LocalFileSystem(), name)
+
+    monkeypatch.setattr(store, "open_file_system", lambda where, options: (GoesDown(), location))
+    checkpoint = keras_spark.Checkpoint(location, retries=2, backoff_s=0.001)
+    with pytest.raises(CheckpointStoreError, match="connection reset") as failed:
+        _model(seed=7).fit(frame, batch_size=BATCH, epochs=EPOCHS, verbose=0, checkpoint=checkpoint)
+    monkeypatch.undo()
+    (good,) = CheckpointStore(location).committed()
+    assert f"{location}/{good}" in str(failed.value) and "failed to write" in str(failed.value)
+    assert "2 times" in str(failed.value)
+    assert good.endswith("-e1-s0")
