@@ -40,3 +40,21 @@ class ExecutorEnvironmentError(RuntimeError):
     an older Keras or a missing backend. The message names the executor's host and Python, and how to
     fix it: the wheel on every node, a shipped environment (keras_spark.deploy), or PYSPARK_PYTHON.
     """
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint at a `fit(checkpoint=...)` location belongs to another model, other data or other
+    fit arguments, so resuming from it would not continue the same run.
+
+    Raised on the driver after the Spark pass and before the first training step. The message names
+    each part that differs (the checkpoint's value and this fit's) and the checkpoint. Give `fit` a new
+    location to start afresh, or the same model, data and arguments to resume.
+    """
+
+
+class CheckpointStoreError(OSError):
+    """The checkpoint store stayed unreachable: an operation failed on every retry.
+
+    The message names the store (its location), the operation and path, the last error, and the last
+    good checkpoint there (the one a later `fit` with the same location resumes from).
+    """

@@ -57,7 +57,7 @@ class KerasSparkModel(keras.Model):
     # -- training -------------------------------------------------------------------
     def fit(self, x=None, y=None, batch_size=None, epochs=1, *args, partition_col=_UNSET,
             num_parallel_calls=_UNSET, cache_dir=_UNSET, num_workers=_UNSET, allow_non_finite=_UNSET,
-            custom_objects=_UNSET, image_resize=_UNSET, row_id_col=_UNSET, **kwargs):
+            custom_objects=_UNSET, image_resize=_UNSET, row_id_col=_UNSET, checkpoint=_UNSET, **kwargs):
         """keras.Model.fit; with a Spark DataFrame `x`, trains on its columns.
 
         Given anything but a Spark DataFrame, this is `keras.Model.fit` exactly (and the
@@ -99,6 +99,12 @@ class KerasSparkModel(keras.Model):
                 value identifies a row. A bad value is a DataError naming its row by partition id, its
                 position among that id's rows in the DataFrame's order (from 0), and this column's value
                 (with `num_workers` > 1, by its place in a batch).
+            checkpoint (str | os.PathLike | keras_spark.Checkpoint | None): default None. Where to commit
+                a checkpoint after every epoch (a local or mounted path, `s3://`, `gs://`, `hdfs://`,
+                `abfs://`, ...) and resume from: a fit given a location holding checkpoints of the same
+                model, data and arguments restores the last good one (weights, optimizer, RNG states) and
+                trains from the next epoch; the returned History covers every epoch once. Driver only
+                (num_workers=1), not with `steps_per_epoch`. See [Checkpoints](../guide/checkpoints.md).
 
         Keyword Args:
             sequence_length (int | None): default None. Pad (or cut) every variable-length
@@ -130,12 +136,16 @@ class KerasSparkModel(keras.Model):
                 in the steps Keras completed), `rows_prefetched`, `partitions`, `partition_ids_made`,
                 `cache_path`, `distinct_shapes` (int: the distinct batch shapes fed; JAX compiles a step for
                 each), and the padding figures of sequence columns (`padding_fraction`, float: pad steps /
-                all steps served). With `verbose` on, fit prints it in one line.
+                all steps served). With `checkpoint`: `checkpoint_s` (seconds committing), `checkpoints_written`,
+                `checkpoint_bytes` (written in all), `resume_s`, `resumed_from` (the checkpoint's name or None),
+                `steps_replayed` (0). With `verbose` on, fit prints it in one line.
 
         Raises:
             keras_spark.errors.BindingError: a column is missing or cannot feed its input (before Spark runs).
             keras_spark.errors.DataError: a value cannot be fed (after the Spark pass, before the first step).
             keras_spark.errors.TrainingError: a `num_workers` training process failed.
+            keras_spark.errors.CheckpointMismatchError: the checkpoint location holds another run's checkpoint.
+            keras_spark.errors.CheckpointStoreError: the checkpoint store failed on every retry.
             TypeError: a Spark-only keyword with data that is not a DataFrame, or a bad argument type.
             ValueError: a bad argument value (`batch_size=0`, `num_workers=-1`, `validation_split`).
 
@@ -147,7 +157,7 @@ class KerasSparkModel(keras.Model):
         """
         spark_only = dict(partition_col=partition_col, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir,
                           num_workers=num_workers, allow_non_finite=allow_non_finite, custom_objects=custom_objects,
-                          image_resize=image_resize, row_id_col=row_id_col)
+                          image_resize=image_resize, row_id_col=row_id_col, checkpoint=checkpoint)
         if not is_spark_dataframe(x):
             _reject_spark_keywords(spark_only, "fit")
             if is_spark_dataframe(kwargs.get("validation_data")):

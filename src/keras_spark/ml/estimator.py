@@ -196,6 +196,7 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
             partition_col=self.getOrDefault(self.partitionCol), num_workers=self.getOrDefault(self.numWorkers),
             validation_data=validation, verbose=self.getOrDefault(self.verbose),
             shuffle_seed=self.getOrDefault(self.seed), custom_objects=objects,
+            **({"checkpoint": self.getCheckpointLocation()} if self.getCheckpointLocation() else {}),
         )
         fitted = self._copyValues(KerasModel())  # the scoring Params this estimator was given
         fitted._set(kerasModelBytes=model_to_keras_bytes(model), customObjects=objects)  # the trained weights

@@ -248,6 +248,10 @@ class KerasTrainingParams(KerasScoringParams):
     seed = Param(Params._dummy(), "seed", "seed of the shuffle order and of the validation split",
                  typeConverter=TypeConverters.toInt)
     verbose = Param(Params._dummy(), "verbose", "Keras's fit verbosity", typeConverter=TypeConverters.toInt)
+    checkpointLocation = Param(Params._dummy(), "checkpointLocation",
+                               "where fit commits a checkpoint after every epoch and resumes from (a path, s3://, "
+                               "gs://, hdfs://, abfs://...); one location per fit; unset: no checkpoints",
+                               typeConverter=TypeConverters.toString)
 
     def __init__(self) -> None:
         super().__init__()
@@ -325,3 +329,12 @@ class KerasTrainingParams(KerasScoringParams):
     def setVerbose(self, value: int) -> Self:
         """Sets Keras's fit verbosity; returns the stage."""
         return self._set(verbose=value)
+
+    def getCheckpointLocation(self) -> str | None:
+        """Where fit commits checkpoints and resumes from; None when unset (no checkpoints)."""
+        return self.getOrDefault(self.checkpointLocation) if self.isDefined(self.checkpointLocation) else None
+
+    def setCheckpointLocation(self, value: str) -> Self:
+        """Sets where fit commits a checkpoint after every epoch and resumes from (see the checkpoints guide);
+        returns the stage."""
+        return self._set(checkpointLocation=value)

@@ -15,7 +15,7 @@ import time
 import keras
 
 from keras_spark import binding, sequences
-from keras_spark.feed import BatchFeed, batches_per_pull, keras_input
+from keras_spark.feed import BatchFeed, batches_per_pull, default_parallelism, keras_input
 from keras_spark.kinds import data_parallel_refusal
 from keras_spark.progress import RowsTrained, with_callback
 from keras_spark.shutdown import terminate_cleanly
@@ -109,16 +109,32 @@ def _report(stats: dict) -> str:
     )
 
 
+def _checkpoints(checkpoint, num_workers: int, steps_per_epoch):
+    """The fit's DriverCheckpoints (None without `checkpoint`); refused where resume could not be exact."""
+    if checkpoint is None:
+        return None
+    if num_workers > 1:
+        raise ValueError("checkpoint is not yet supported with num_workers > 1; train on the driver "
+                         "(num_workers=1) or use keras.callbacks.BackupAndRestore (see the num_workers guide)")
+    if steps_per_epoch is not None:
+        raise ValueError(f"steps_per_epoch={steps_per_epoch} is not supported with checkpoint: each epoch is one "
+                         f"pass over every row, so that a resumed epoch starts where the data's order does")
+    from keras_spark.checkpoints.driver import DriverCheckpoints
+
+    return DriverCheckpoints(checkpoint)
+
+
 def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, partition_col="partition_id",
                   num_parallel_calls=None, cache_dir=None, shuffle=True, validation_data=None,
                   validation_split=0.0, validation_batch_size=None, sample_weight=None, initial_epoch=0,
                   steps_per_epoch=None, validation_steps=None, num_workers=1, allow_non_finite=False,
                   class_weight=None, custom_objects=None, image_resize=None, shuffle_seed=None, row_id_col=None,
-                  **keras_kwargs):
+                  checkpoint=None, **keras_kwargs):
     """Model.fit on a DataFrame: labels are the columns named like the outputs, weights a column's name.
 
     `shuffle_seed` fixes the shuffle order without touching the global `random` (pyspark.ml stages
-    fit in several threads at once under a CrossValidator).
+    fit in several threads at once under a CrossValidator). `checkpoint` (a location or a
+    keras_spark.Checkpoint): commit after every epoch there, and resume from its last good checkpoint.
     """
     _reject("y", y, "labels are the columns named like the model's outputs")
     _check_class_weight(model, sample_weight, class_weight)
@@ -143,6 +159,7 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     val_bindings = (_bind(model, validation_data, partition_col, True, sequence_options=sequence_options,
                           image_resize=image_resize)
                     if spark_validation else None)
+    checkpoints = _checkpoints(checkpoint, num_workers, steps_per_epoch)
     if num_workers > 1:
         from keras_spark.spark.distributed import fit_distributed
 
@@ -168,8 +185,18 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
         if spark_validation:
             val_cached = stack.enter_context(
                 _cached(model, validation_data, val_bindings, partition_col, cache_dir, allow_non_finite, row_id_col))
+        train_parallel_calls = num_parallel_calls
+        if checkpoints is not None:  # resumed: the model restored; the data's order and first epoch the checkpoint's
+            seed, train_parallel_calls, initial_epoch = checkpoints.start(
+                model, cached, seed, default_parallelism(num_parallel_calls, max(1, len(cached.partitions))),
+                initial_epoch, dict(batch_size=batch_size, shuffle=shuffle, shuffle_seed=shuffle_seed,
+                                    num_parallel_calls=num_parallel_calls, class_weight=class_weight,
+                                    sample_weight=sample_weight, sequence_options=sequence_options,
+                                    image_resize=image_resize, partition_col=partition_col,
+                                    validation=spark_validation))
+            keras_kwargs["callbacks"] = [*(keras_kwargs.get("callbacks") or []), checkpoints.callback()]
         feed = _feed(model, cached, batch_size, shuffle=shuffle, seed=seed,
-                     num_parallel_calls=num_parallel_calls, first_epoch=initial_epoch, class_weight=class_weight)
+                     num_parallel_calls=train_parallel_calls, first_epoch=initial_epoch, class_weight=class_weight)
         stack.callback(feed.close)
         if spark_validation:
             val_feed = _feed(model, val_cached, validation_batch_size or batch_size, shuffle=False, seed=0,
@@ -185,12 +212,16 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
             validation_data=validation_data, validation_steps=validation_steps, initial_epoch=initial_epoch,
             shuffle=False, **keras_kwargs,
         )
+        if checkpoints is not None:
+            history = checkpoints.complete(history)
         served = feed.stats()  # read ahead of training: the prefetch queues run past the last step
         model.data_stats = dict(served, rows=trained.rows, rows_prefetched=served["rows"], steps=trained.steps,
                                 spark_pass_s=spark_pass_s, train_s=time.perf_counter() - started - spark_pass_s,
                                 cache_path=cached.path, partitions=len(cached.partition_ids),
                                 partition_ids_made=ids_made)
         model.data_stats.update(sequences.padding_stats(cached, feed.batch_size, served))
+        if checkpoints is not None:
+            model.data_stats.update(checkpoints.stats())
         if spark_validation:
             model.data_stats["validation_cache_path"] = val_cached.path
     if verbose not in (0, "silent"):
