@@ -96,10 +96,11 @@ class KerasSparkModel(keras.Model):
             epochs (int): passes over every row.
             partition_col (str): default "partition_id". The column of integer partition ids 0..n; each id
                 is one unit of streaming (up to `num_parallel_calls` ids are read at once and their rows
-                interleaved). When the DataFrame has no such column, fit makes one: a hash of each row's
-                id into `keras_spark.spark.training.MADE_PARTITION_IDS` (8) ids, as KerasEstimator does;
-                `data_stats["partitions"]` is the number of ids and `data_stats["partition_ids_made"]`
-                says whether fit made them.
+                interleaved). Left unset, with no "partition_id" column in the DataFrame, fit makes one: a
+                hash of each row's id into `keras_spark.spark.training.MADE_PARTITION_IDS` (8) ids, as
+                KerasEstimator does; `data_stats["partitions"]` is the number of ids and
+                `data_stats["partition_ids_made"]` says whether fit made them. A column named here is never
+                made: the DataFrame (and `validation_data`) must have it, or fit raises a BindingError.
             num_parallel_calls (int | None): partition ids read and interleaved at once; default one per core.
             cache_dir (str | None): where the one Spark pass leaves its cache; default a temporary
                 directory. It is removed after fit. Executors write there when they can see it;
@@ -153,7 +154,8 @@ class KerasSparkModel(keras.Model):
                 all steps served). With `verbose` on, fit prints it in one line.
 
         Raises:
-            keras_spark.errors.BindingError: a column is missing or cannot feed its input (before Spark runs).
+            keras_spark.errors.BindingError: a column is missing (the `partition_col` named too) or cannot feed
+                its input (before Spark runs).
             keras_spark.errors.DataError: a value cannot be fed (after the Spark pass, before the first step).
             keras_spark.errors.TrainingError: a `num_workers` training process failed.
             TypeError: a Spark-only keyword with data that is not a DataFrame, or a bad argument type.
@@ -193,7 +195,8 @@ class KerasSparkModel(keras.Model):
             x (pyspark.sql.DataFrame): the rows to evaluate on.
             y (None): must be None with a DataFrame.
             batch_size (int | None): rows a step (default 32).
-            partition_col (str): as in `fit`; made (hashed row ids) when the DataFrame has no such column.
+            partition_col (str): as in `fit`: left unset, "partition_id", made (hashed row ids) when the
+                DataFrame has no such column; a column named here must exist (a BindingError otherwise).
             cache_dir (str | None): as in `fit`.
             allow_non_finite (bool): as in `fit`.
             image_resize (str | None): as in `fit`.

@@ -178,6 +178,7 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
     def _fit(self, dataset) -> KerasModel:
         if not self.isDefined(self.kerasModelBytes):
             raise ValueError("KerasEstimator has no model: pass model=<compiled keras.Model>")
+        self._check_partition_col(dataset, self._validation_data)  # before any Spark job
         model = self.getKerasModel()  # this fit's own copy: fits in other threads never share it
         if self.isSet(self.learningRate):
             model.optimizer.learning_rate = self.getOrDefault(self.learningRate)
@@ -188,12 +189,12 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
         # Named in the fitted stage: it then scores, saves and loads outside the user's scope too.
         objects = for_shipping(self.getKerasModelBytes(), self.getCustomObjects())
         mapping = {**self.getInputCols(), **self.getLabelCols()}
-        train, _ = self._for_training(train, mapping, model)
+        train, partition_col = self._for_training(train, mapping, model)
         if validation is not None:
             validation, _ = self._for_training(validation, mapping, model)
         history = model.fit(
             train, batch_size=self.getOrDefault(self.batchSize), epochs=self.getOrDefault(self.epochs),
-            partition_col=self.getOrDefault(self.partitionCol), num_workers=self.getOrDefault(self.numWorkers),
+            partition_col=partition_col, num_workers=self.getOrDefault(self.numWorkers),
             validation_data=validation, verbose=self.getOrDefault(self.verbose),
             shuffle_seed=self.getOrDefault(self.seed), custom_objects=objects,
         )
@@ -202,14 +203,28 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
         fitted.history = dict(history.history) if history is not None else {}
         return fitted
 
+    def _named_partition_col(self) -> str | None:
+        """The partitionCol Param where the user set it (that column must exist), else None (made when absent)."""
+        return self.getOrDefault(self.partitionCol) if self.isSet(self.partitionCol) else None
+
+    def _check_partition_col(self, train, validation) -> None:
+        from keras_spark.spark.training import check_named_partition_column
+
+        named = self._named_partition_col()
+        if named is not None:
+            check_named_partition_column(train.columns, named, "partitionCol")
+            if validation is not None:
+                check_named_partition_column(validation.columns, named, "partitionCol", "the validation data")
+
     def _for_training(self, df, mapping: dict, model):
-        df, added = _with_keras_names(df, mapping)
-        df = _class_ids_as_integers(df, model)
+        """`df` ready for fit, and its partition id column."""
         from keras_spark.spark.training import with_partition_ids
 
-        df, _ = with_partition_ids(df, self.getOrDefault(self.partitionCol), seed=self.getOrDefault(self.seed),
-                                   count=self.getOrDefault(self.numPartitions))
-        return df, added
+        df, _ = _with_keras_names(df, mapping)
+        df = _class_ids_as_integers(df, model)
+        df, partition_col, _ = with_partition_ids(df, self._named_partition_col(), seed=self.getOrDefault(self.seed),
+                                                  count=self.getOrDefault(self.numPartitions), keyword="partitionCol")
+        return df, partition_col
 
     def write(self):
         from keras_spark.ml.persistence import KerasStageWriter
