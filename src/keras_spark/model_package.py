@@ -80,9 +80,18 @@ def custom_object_scope(objects: dict | None):
         yield
 
 
-def check_classes_resolve(model_bytes: bytes, objects: dict) -> None:
+EXECUTORS_CANNOT_LOAD = "the Spark executors could not load the model"
+PASS_CUSTOM_OBJECTS = "pass custom_objects={example} (to predict or fit)"
+
+
+def check_classes_resolve(model_bytes: bytes, objects: dict, *, consequence: str = EXECUTORS_CANNOT_LOAD,
+                          remedy: str = PASS_CUSTOM_OBJECTS) -> None:
     """ModelPackageError naming each class of the model that a process given only `objects` (and Keras's
-    registry) could not find, as an executor could not: the driver says so before any Spark job."""
+    registry) could not find, as an executor could not: the driver says so before any Spark job.
+
+    `consequence` says what fails for want of the class; `remedy` ({example}: the missing classes as a
+    dict literal) how to give it, so a Spark ML stage can name its `customObjects` Param instead.
+    """
     import io
     import json
     import zipfile
@@ -102,8 +111,8 @@ def check_classes_resolve(model_bytes: bytes, objects: dict) -> None:
         example = ", ".join(f"'{name}': {name}" for name, _ in missing)
         raise ModelPackageError(
             f"the model uses class{'es' if len(missing) > 1 else ''} {names}, which Keras cannot find by name, so "
-            f"the Spark executors could not load the model; pass custom_objects={{{example}}} (to predict, fit or "
-            f"the stage), or decorate the class with @keras.saving.register_keras_serializable()"
+            f"{consequence}; {remedy.format(example='{' + example + '}')}, or decorate the class with "
+            f"@keras.saving.register_keras_serializable()"
         )
 
 

@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from keras_spark.errors import BindingError, DataError
-from keras_spark.ml.custom_objects import for_shipping
+from keras_spark.ml.custom_objects import check_stage_classes, for_shipping
 from keras_spark.ml.outputs import flatten_outputs
 from keras_spark.ml.params import KerasScoringParams, KerasTrainingParams
 
@@ -88,8 +88,10 @@ def keras_model_from_bytes(model_bytes: bytes, custom_objects: dict | None = Non
     from keras_spark.model_package import model_from_bytes
     from keras_spark.models import as_keras_spark_model
 
+    objects = for_shipping(model_bytes, custom_objects or {})
+    check_stage_classes(model_bytes, objects)  # keras-spark's error naming the class, not Keras's with the config
     with _LOADING:
-        return as_keras_spark_model(model_from_bytes(model_bytes, custom_objects=custom_objects))
+        return as_keras_spark_model(model_from_bytes(model_bytes, custom_objects=objects))
 
 
 def _with_keras_names(df, mapping: dict):
@@ -147,7 +149,9 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
     `rawPredictionCol`, `predictBatchSize`, `outputCol`. Each Param has its `getX` and `setX`.
 
     `model` may be functional, a KerasSparkModel, or a Sequential one that starts with `keras.Input`
-    (held as a functional model with the same layers and weights).
+    (held as a functional model with the same layers and weights). A class of the model that Keras cannot
+    find (not registered, not in `customObjects` or the active scope) is a
+    `keras_spark.errors.ModelPackageError` naming it and `customObjects`, raised by `fit` before any Spark job.
     """
 
     def __init__(self, model=None, **params) -> None:
