@@ -165,9 +165,11 @@ def _installed_roots() -> list[str]:
     return [os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths]
 
 
-def _ships_by_value(module_name: str) -> bool:
-    """True for code the executors may not be able to import: __main__, or a file outside site-packages."""
-    if module_name == "__main__":
+def _ships_by_value(module_name: str | None) -> bool:
+    """True for the user's own code, which the executors may not be able to import: a module whose file is
+    outside the standard library and site-packages (a script's helper, a notebook's, a test module).
+    keras_spark itself is checked on the executors (spark/executors.py), never shipped."""
+    if not module_name or module_name == "__main__" or module_name.split(".")[0] == "keras_spark":
         return False  # cloudpickle already pickles __main__ by value
     module = sys.modules.get(module_name)
     path = getattr(module, "__file__", None)
@@ -175,6 +177,84 @@ def _ships_by_value(module_name: str) -> bool:
         return False
     path = os.path.realpath(path)
     return not any(path.startswith(root + os.sep) for root in _installed_roots())
+
+
+def _users_code(module_name: str | None) -> bool:
+    """Code whose classes and functions are walked for what they reference: __main__ and _ships_by_value."""
+    return module_name == "__main__" or _ships_by_value(module_name)
+
+
+def _referenced(obj) -> list:
+    """What a function of the user's refers to by global name or closure, or a class of the user's holds
+    (its bases, methods, properties)."""
+    import types
+
+    if isinstance(obj, type):
+        return [*obj.__bases__, *vars(obj).values()]
+    if isinstance(obj, (staticmethod, classmethod)):
+        return [obj.__func__]
+    if isinstance(obj, property):
+        return [obj.fget, obj.fset, obj.fdel]
+    if not isinstance(obj, types.FunctionType):
+        return []
+    names, codes = set(), [obj.__code__]
+    while codes:  # nested functions, comprehensions and lambdas have code objects of their own
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    cells = [cell.cell_contents for cell in obj.__closure__ or () if _filled(cell)]
+    return [obj.__globals__[n] for n in sorted(names) if n in obj.__globals__] + cells
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:  # a cell not yet assigned
+        return False
+    return True
+
+
+def modules_to_ship(objects: dict) -> set[str]:
+    """The user's own modules that the custom objects need on the executors: their own modules, their
+    bases' modules and those of the functions, classes and modules their code refers to, followed
+    through the user's code (never into installed packages, which go by reference)."""
+    import types
+
+    modules, seen, todo = set(), set(), list(objects.values())
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, types.ModuleType):
+            if _ships_by_value(obj.__name__):
+                modules.add(obj.__name__)
+                todo.extend(v for v in vars(obj).values() if getattr(v, "__module__", None) == obj.__name__)
+            continue
+        if isinstance(obj, (staticmethod, classmethod, property)):  # found in a class of the user's
+            todo.extend(_referenced(obj))
+        elif isinstance(obj, (type, types.FunctionType)) and _users_code(obj.__module__):
+            if obj.__module__ != "__main__":
+                modules.add(obj.__module__)
+            todo.extend(_referenced(obj))
+    return modules
+
+
+def _check_shippable(modules: set[str]) -> None:
+    """ModelPackageError for a module cloudpickle cannot carry by value (a compiled extension): the executors
+    must import it, so the message says how to put it there."""
+    import importlib.machinery
+
+    for name in sorted(modules):
+        path = getattr(sys.modules[name], "__file__", "") or ""
+        if path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+            raise ModelPackageError(
+                f"the custom objects need module '{name}' ({path}), a compiled extension outside any installed "
+                f"package, which cannot travel with the model, so the Spark executors would not find it; install "
+                f"it on every executor (a wheel, or keras_spark.deploy.ship_environment), or ship it with "
+                f"spark.sparkContext.addPyFile(<a .zip holding it>) or, on Spark Connect, "
+                f"spark.addArtifacts(<the .zip>, pyfile=True)"
+            )
 
 
 @contextlib.contextmanager
@@ -193,11 +273,13 @@ def _by_value(modules: set[str]):
 
 
 def pickle_custom_objects(objects: dict) -> bytes:
-    """The custom objects as cloudpickle bytes; ModelPackageError names one that cannot travel."""
+    """The custom objects as cloudpickle bytes, the user's own modules they need carried by value
+    (modules_to_ship); ModelPackageError names an object or module that cannot travel."""
     from pyspark import cloudpickle
 
-    modules = {getattr(obj, "__module__", None) for obj in objects.values()}
-    with _by_value({m for m in modules if m and _ships_by_value(m)}):
+    modules = modules_to_ship(objects)
+    _check_shippable(modules)
+    with _by_value(modules):
         for key, obj in objects.items():
             try:
                 cloudpickle.dumps(obj)
