@@ -37,7 +37,10 @@ class KerasSparkModel(keras.Model):
     Made as `keras.Model(inputs, outputs)` is: `KerasSparkModel(inputs, outputs, name=None)`.
     Inputs are fed from the columns named like the Keras inputs; each output's label is
     the column named like the output (`model.output_names`). Given anything that is not a
-    Spark DataFrame, every method is `keras.Model`'s own.
+    Spark DataFrame, every method is `keras.Model`'s own. It can be subclassed as `keras.Model` is
+    (an `__init__` and a `call` of your own), whatever was built before in the process: made from
+    (inputs, outputs), a KerasSparkModel is an instance of a functional subclass of it, and
+    KerasSparkModel itself is never changed into a functional class.
 
     Attributes:
         data_stats (dict): after a `fit` on a DataFrame, where the time went and what was trained
