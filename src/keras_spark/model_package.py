@@ -241,19 +241,22 @@ def modules_to_ship(objects: dict) -> set[str]:
 
 
 def _check_shippable(modules: set[str]) -> None:
-    """ModelPackageError for a module cloudpickle cannot carry by value (a compiled extension): the executors
-    must import it, so the message says how to put it there."""
+    """ModelPackageError for a module cloudpickle cannot carry by value (a compiled extension) unless its folder
+    is on PYTHONPATH (taken to be the executors' too): the message says how to put it on the executors."""
     import importlib.machinery
 
+    on_path = {os.path.realpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
     for name in sorted(modules):
         path = getattr(sys.modules[name], "__file__", "") or ""
-        if path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+        compiled = path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+        if compiled and os.path.dirname(os.path.realpath(path)) not in on_path:
             raise ModelPackageError(
                 f"the custom objects need module '{name}' ({path}), a compiled extension outside any installed "
-                f"package, which cannot travel with the model, so the Spark executors would not find it; install "
-                f"it on every executor (a wheel, or keras_spark.deploy.ship_environment), or ship it with "
-                f"spark.sparkContext.addPyFile(<a .zip holding it>) or, on Spark Connect, "
-                f"spark.addArtifacts(<the .zip>, pyfile=True)"
+                f"package: it cannot travel with the model, and the Spark executors may not import it. Install it "
+                f"on every executor (a wheel, or keras_spark.deploy.ship_environment), ship its file with "
+                f"spark.sparkContext.addPyFile('{path}') (on Spark Connect, spark.addArtifacts(<file>, pyfile=True) "
+                f"takes .py, .zip and .egg files), or, where every executor has it already, put its folder on "
+                f"PYTHONPATH"
             )
 
 
