@@ -25,10 +25,12 @@ class TrainingError(RuntimeError):
 
 
 class ModelPackageError(ValueError):
-    """The model cannot be packed for the executors: a custom object that cannot be pickled, or a
+    """The model cannot be packed for the executors: a custom object that cannot be pickled, a module of
+    the user's it needs that cannot travel by value (a compiled extension outside site-packages), or a
     class of the model that Keras could not find by name there (not registered, not in `custom_objects`).
 
-    Raised on the driver before any Spark job, naming the object or class.
+    Raised on the driver before any Spark job, naming the object or class; by the Spark ML stages too
+    when they open their model (naming their `customObjects` Param) or load a saved stage.
     """
 
 

@@ -234,8 +234,8 @@ class KerasTrainingParams(KerasScoringParams):
                          "when set, replaces the compiled optimizer's learning rate",
                          typeConverter=TypeConverters.toFloat)
     partitionCol = Param(Params._dummy(), "partitionCol",
-                         "integer partition ids 0..n (units of streaming); when the DataFrame has no such column, "
-                         "the stage makes one from a hash of each row's id into numPartitions ids",
+                         "integer partition ids 0..n (units of streaming); when set, the DataFrame must have it; "
+                         "unset, 'partition_id', made from a hash of each row's id into numPartitions ids when absent",
                          typeConverter=TypeConverters.toString)
     numPartitions = Param(Params._dummy(), "numPartitions", "partition ids made when partitionCol is absent",
                           typeConverter=_to_positive_int)
@@ -283,11 +283,11 @@ class KerasTrainingParams(KerasScoringParams):
         return self._set(learningRate=value)
 
     def getPartitionCol(self) -> str:
-        """The partition id column (made when absent)."""
+        """The partition id column ('partition_id' unless set; made when unset and absent)."""
         return self.getOrDefault(self.partitionCol)
 
     def setPartitionCol(self, value: str) -> Self:
-        """Sets the partition id column; returns the stage."""
+        """Sets the partition id column, which the DataFrame must then have (never made); returns the stage."""
         return self._set(partitionCol=value)
 
     def getNumPartitions(self) -> int:

@@ -15,6 +15,7 @@ import time
 import keras
 
 from keras_spark import binding, sequences
+from keras_spark.errors import BindingError
 from keras_spark.feed import BatchFeed, batches_per_pull, default_parallelism, keras_input
 from keras_spark.kinds import data_parallel_refusal
 from keras_spark.progress import RowsTrained, with_callback
@@ -26,19 +27,39 @@ from keras_spark.weights import bind_weight_column, check_weight_values, class_w
 MADE_PARTITION_IDS = 8
 """int: partition ids fit/evaluate make when the DataFrame has no `partition_col` column (as KerasEstimator)."""
 
+DEFAULT_PARTITION_COL = "partition_id"
+"""str: the partition id column fit, evaluate and KerasEstimator read when none is named (made when absent)."""
 
-def with_partition_ids(df, partition_col: str, seed: int = 0, count: int = MADE_PARTITION_IDS):
-    """`df` with `partition_col` made from a hash of each row's id into `count` ids, when it has none.
 
-    Returns (DataFrame, whether the ids were made). A column that exists is used as it is. fit, evaluate
-    and KerasEstimator (its `numPartitions` and `seed`) make ids this one way.
+def check_named_partition_column(columns: list[str], partition_col: str, keyword: str = "partition_col",
+                                 frame: str = "the DataFrame") -> None:
+    """A BindingError when a partition column the user named is not among `columns`: a named column is never
+    made in its place (a typo would train on made-up ids). `keyword` is how the user named it."""
+    if partition_col not in columns:
+        raise BindingError(
+            f"{keyword}='{partition_col}' names a partition id column that {frame} does not have; columns are "
+            f"{list(columns)}. Name a column of integer partition ids, or leave {keyword} unset to use "
+            f"'{DEFAULT_PARTITION_COL}', which is made from a hash of each row's id when absent")
+
+
+def with_partition_ids(df, partition_col: str | None = None, seed: int = 0, count: int = MADE_PARTITION_IDS, *,
+                       keyword: str = "partition_col", frame: str = "the DataFrame"):
+    """`df` with its partition id column: the one named, or, with `partition_col` None, DEFAULT_PARTITION_COL,
+    made from a hash of each row's id into `count` ids when the DataFrame has none.
+
+    Returns (DataFrame, the column's name, whether the ids were made). A named column must exist
+    (check_named_partition_column; `keyword` and `frame` word its error). fit, evaluate and KerasEstimator
+    (its `numPartitions` and `seed`) make ids this one way.
     """
-    if partition_col in df.columns:
-        return df, False
+    if partition_col is not None:
+        check_named_partition_column(df.columns, partition_col, keyword, frame)
+        return df, partition_col, False
+    if DEFAULT_PARTITION_COL in df.columns:
+        return df, DEFAULT_PARTITION_COL, False
     from pyspark.sql import functions as F
 
     ids = F.pmod(F.xxhash64(F.monotonically_increasing_id(), F.lit(seed)), F.lit(count))
-    return df.withColumn(partition_col, ids.cast("int")), True
+    return df.withColumn(DEFAULT_PARTITION_COL, ids.cast("int")), DEFAULT_PARTITION_COL, True
 
 
 def _bind(model, df, partition_col: str, with_labels: bool, sample_weight=None, sequence_options=None,
@@ -124,7 +145,7 @@ def _checkpoints(checkpoint, num_workers: int, steps_per_epoch):
     return DriverCheckpoints(checkpoint)
 
 
-def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, partition_col="partition_id",
+def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, partition_col=None,
                   num_parallel_calls=None, cache_dir=None, shuffle=True, validation_data=None,
                   validation_split=0.0, validation_batch_size=None, sample_weight=None, initial_epoch=0,
                   steps_per_epoch=None, validation_steps=None, num_workers=1, allow_non_finite=False,
@@ -133,7 +154,8 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     """Model.fit on a DataFrame: labels are the columns named like the outputs, weights a column's name.
 
     `shuffle_seed` fixes the shuffle order without touching the global `random` (pyspark.ml stages
-    fit in several threads at once under a CrossValidator). `checkpoint` (a location or a
+    fit in several threads at once under a CrossValidator). `partition_col` None: DEFAULT_PARTITION_COL,
+    made when absent; a named one must exist (with_partition_ids). `checkpoint` (a location or a
     keras_spark.Checkpoint): commit after every epoch there, and resume from its last good checkpoint.
     """
     _reject("y", y, "labels are the columns named like the model's outputs")
@@ -141,9 +163,10 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     sequence_options = sequences.SequenceOptions.pop_from(keras_kwargs)
     _reject("validation_split", validation_split, "pass validation_data=<DataFrame> (e.g. from df.randomSplit)")
     batch_size = batch_size_or_default(batch_size)
-    df, ids_made = with_partition_ids(df, partition_col)
+    named = partition_col
+    df, partition_col, ids_made = with_partition_ids(df, named)
     if is_spark_dataframe(validation_data):
-        validation_data, _ = with_partition_ids(validation_data, partition_col)
+        validation_data, _, _ = with_partition_ids(validation_data, named, frame="validation_data")
     if validation_batch_size is not None:
         validation_batch_size = batch_size_or_default(validation_batch_size, "validation_batch_size")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int):
@@ -229,12 +252,12 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     return history
 
 
-def evaluate_dataframe(model, df, *, y=None, batch_size=None, super_evaluate, partition_col="partition_id",
+def evaluate_dataframe(model, df, *, y=None, batch_size=None, super_evaluate, partition_col=None,
                        cache_dir=None, sample_weight=None, steps=None, allow_non_finite=False, image_resize=None,
                        row_id_col=None, **keras_kwargs):
     """Model.evaluate on a DataFrame, in row order, on the driver; `sample_weight` names a weight column."""
     _reject("y", y, "labels are the columns named like the model's outputs")
-    df, _ = with_partition_ids(df, partition_col)
+    df, partition_col, _ = with_partition_ids(df, partition_col)
     bindings = _bind(model, df, partition_col, with_labels=True, sample_weight=sample_weight,
                      sequence_options=sequences.SequenceOptions.pop_from(keras_kwargs), image_resize=image_resize)
     with terminate_cleanly(), _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite,
