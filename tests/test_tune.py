@@ -1,0 +1,107 @@
+"""keras_spark.tune: Optuna trials as long-lived Spark tasks on the executors.
+
+The scenarios run in one subprocess on a local-cluster[2,1,1024] master (tune_run.py); they train,
+so their outcome can depend on the backend, but what they check (where trials run, how states and
+pruning reach the study, the weights sent back) is code the backends share: they run in the JAX
+pass only (see tests/README.md).
+"""
+
+import os
+
+import numpy as np
+import pytest
+from builders import run_scenarios
+
+from keras_spark.tuning import PID_ATTR, SETUP_ATTR, TASK_ATTR, TRACEBACK_ATTR
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("KERAS_BACKEND") != "jax",
+    reason="tune's scenarios train on two executors; what they check is backend-independent code around "
+           "Keras's fit, so they run once, in the suite's KERAS_BACKEND=jax pass",
+)
+
+
+@pytest.fixture(scope="module")
+def scenarios():
+    return run_scenarios("tune_run.py", dict(os.environ), timeout=900)
+
+
+def _by_params(result):
+    return {(t["params"]["lr"], t["params"]["fail"]): t for t in result["trials"]}
+
+
+def test_trials_run_in_executor_processes_never_the_driver(scenarios):
+    result = scenarios["enqueued"]
+    pids = {t["attrs"][PID_ATTR] for t in result["trials"]}
+    assert result["driver_pid"] not in pids
+    assert pids == {task["pid"] for task in result["tasks"]}
+    assert len(pids) == 2  # two tasks, one on each executor
+
+
+def test_each_task_reads_the_rows_once_and_runs_several_trials(scenarios):
+    result = scenarios["enqueued"]
+    assert sorted(task["task"] for task in result["tasks"]) == [0, 1]
+    for task in result["tasks"]:
+        assert task["rows"] == 400  # every training row, once, in each task's cache
+        assert len(task["trials"]) >= 2
+    ran = sorted(n for task in result["tasks"] for n in task["trials"])
+    assert ran == list(range(6))  # n_trials, each run by exactly one task
+    for trial in result["trials"]:
+        assert trial["attrs"][SETUP_ATTR] < 5.0  # building a model and opening its feeds: no Spark pass
+
+
+def test_two_tasks_run_trials_at_the_same_time(scenarios):
+    trials = [t for t in scenarios["enqueued"]["trials"] if t["end"] is not None]
+    overlaps = [(a["number"], b["number"]) for a in trials for b in trials
+                if a["attrs"][TASK_ATTR] < b["attrs"][TASK_ATTR] and a["start"] < b["end"] and b["start"] < a["end"]]
+    assert overlaps
+
+
+def test_a_pruner_stops_a_diverging_trial_after_its_first_epoch(scenarios):
+    result = scenarios["enqueued"]
+    trials = _by_params(result)
+    bad = trials[(100.0, False)]
+    assert bad["state"] == "PRUNED"
+    assert bad["reported"] == [0]  # one epoch of three, then stopped
+    good = [trials[(lr, False)] for lr in (0.003, 0.01, 0.03, 0.05)]
+    assert [t["state"] for t in good] == ["COMPLETE"] * 4
+    assert all(t["reported"] == [0, 1, 2] for t in good)  # every epoch's objective reached the study
+
+
+def test_a_trial_that_raises_is_failed_with_its_traceback_and_the_study_goes_on(scenarios):
+    result = scenarios["enqueued"]
+    failed = _by_params(result)[(0.01, True)]
+    assert failed["state"] == "FAIL"
+    assert "RuntimeError: this trial fails on purpose" in failed["attrs"][TRACEBACK_ATTR]
+    assert sum(t["state"] == "COMPLETE" for t in result["trials"]) == 4
+
+
+def test_the_best_model_is_the_best_trials_and_predicts_on_a_dataframe(scenarios):
+    result = scenarios["enqueued"]
+    complete = [t for t in result["trials"] if t["state"] == "COMPLETE"]
+    best = min(complete, key=lambda t: t["value"])
+    assert result["best_trial"] == result["best_model_trial"] == best["number"]
+    assert result["best_value"] == best["value"]
+    assert result["best_params"] == best["params"]
+    assert len(result["predicted"]) == 20
+    # the weights the best trial's task trained, not a fresh model: the driver's model gives the same outputs
+    np.testing.assert_allclose(result["predicted"], result["local"], rtol=1e-4, atol=1e-5)
+    assert result["journal_kept"]  # the user's storage stays theirs
+
+
+def test_the_default_storage_runs_optunas_sampler_and_leaves_nothing_on_disk(scenarios):
+    result = scenarios["default_storage"]
+    assert len(result["trials"]) == 4
+    assert {t["state"] for t in result["trials"]} <= {"COMPLETE", "PRUNED", "FAIL"}
+    assert result["storage"] == "InMemoryStorage"  # copied out of the journal, which is removed
+    assert result["left"] == []
+    assert len({t["attrs"][PID_ATTR] for t in result["trials"]}) == 2
+    if any(t["state"] == "COMPLETE" for t in result["trials"]):
+        assert result["best_model"]
+
+
+def test_refusals_name_what_to_do(scenarios):
+    messages = scenarios["refusals"]["messages"]
+    assert messages["val_objective_without_validation"].startswith("ValueError: objective='val_loss'")
+    assert "pass validation_data" in messages["val_objective_without_validation"]
+    assert messages["too_many_tasks"].startswith("ValueError: parallelism=3 needs 3 task slots")
