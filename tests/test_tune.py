@@ -7,6 +7,7 @@ pass only (see tests/README.md).
 """
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -46,8 +47,11 @@ def test_each_task_reads_the_rows_once_and_runs_several_trials(scenarios):
         assert len(task["trials"]) >= 2
     ran = sorted(n for task in result["tasks"] for n in task["trials"])
     assert ran == list(range(6))  # n_trials, each run by exactly one task
-    for trial in result["trials"]:
-        assert trial["attrs"][SETUP_ATTR] < 5.0  # building a model and opening its feeds: no Spark pass
+    # After a task's first trial (the backend's first use), set-up is building the model and opening its
+    # feeds over the cache: no Spark pass (the issue's target: under 1 s).
+    later = {n for task in result["tasks"] for n in task["trials"][1:]}
+    setups = [t["attrs"][SETUP_ATTR] for t in result["trials"] if t["number"] in later and SETUP_ATTR in t["attrs"]]
+    assert setups and max(setups) < 1.0
 
 
 def test_two_tasks_run_trials_at_the_same_time(scenarios):
@@ -98,6 +102,15 @@ def test_the_default_storage_runs_optunas_sampler_and_leaves_nothing_on_disk(sce
     assert len({t["attrs"][PID_ATTR] for t in result["trials"]}) == 2
     if any(t["state"] == "COMPLETE" for t in result["trials"]):
         assert result["best_model"]
+
+
+def test_the_guide_snippet_runs_and_finds_a_good_model(scenarios):
+    printed = scenarios["guide"]["printed"]
+    best = re.search(r"best \{.*\}: val_loss ([0-9.e-]+)", printed)
+    assert best and float(best.group(1)) < 0.5  # y = 2x + 1: predicting the mean scores 4/3
+    states = re.findall(r"trial \d+ (COMPLETE|PRUNED|FAIL)", printed)
+    assert len(states) == 6 and "FAIL" not in states
+    assert "predicted" in printed
 
 
 def test_refusals_name_what_to_do(scenarios):

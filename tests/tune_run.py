@@ -95,6 +95,21 @@ def default_storage():
            left=left, best_model=result.best_model is not None, tasks=result.tasks)
 
 
+def guide():
+    """docs/guide/tuning.md's snippet as written (its getOrCreate finds this script's session)."""
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).parent.parent / "docs" / "guide" / "tuning.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", page, re.S)[0]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "docs/guide/tuning.md", "exec"), {"__name__": "docs"})
+    report("guide", printed=printed.getvalue())
+
+
 def refusals():
     messages = {}
     for case, kwargs in {
@@ -109,7 +124,7 @@ def refusals():
     report("refusals", messages=messages)
 
 
-for scenario in sys.argv[1:] or ["refusals", "enqueued", "default_storage"]:
+for scenario in sys.argv[1:] or ["refusals", "enqueued", "default_storage", "guide"]:
     globals()[scenario]()
 spark.stop()
 shutil.rmtree(run_tmp, ignore_errors=True)

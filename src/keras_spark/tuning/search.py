@@ -129,7 +129,7 @@ def tune(build_model: Callable, df, *, n_trials: int, parallelism: int | None = 
         cache_dir (str | None): where each task writes its cache on its executor (the temporary directory
             when None).
         allow_non_finite (bool): accept NaN and infinite values in the data, as `fit`.
-        **fit_kwargs: passed to each trial's `keras.Model.fit`: e.g. `verbose` (0 when not given),
+        **fit_kwargs (Any): passed to each trial's `keras.Model.fit`: e.g. `verbose` (0 when not given),
             `callbacks` (picklable; they run in the trial's task), `class_weight`.
 
     Returns:
