@@ -124,7 +124,8 @@ def tune(build_model: Callable, df, *, n_trials: int, parallelism: int | None = 
             executor mounts (NFS, a DBFS/Volumes path).
         study_name (str | None): the study's name in `storage`; an existing study of that name is
             resumed (its trials stay, `n_trials` more run). None: a new unique name.
-        timeout (float | None): seconds after which tasks stop asking for trials (running trials finish).
+        timeout (float | None): seconds, from each task's start, after which it asks for no more trials
+            (its running trial finishes).
         partition_col (str): the column of partition ids the rows are cached by (made if missing, as `fit`).
         cache_dir (str | None): where each task writes its cache on its executor (the temporary directory
             when None).
