@@ -14,17 +14,41 @@ import pytest
 from builders import run_scenarios
 
 from keras_spark.tuning import PID_ATTR, SETUP_ATTR, TASK_ATTR, TRACEBACK_ATTR
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("KERAS_BACKEND") != "jax",
-    reason="tune's scenarios train on two executors; what they check is backend-independent code around "
-           "Keras's fit, so they run once, in the suite's KERAS_BACKEND=jax pass",
-)
+from keras_spark.tuning.search import _check_shared_disk
 
 
 @pytest.fixture(scope="module")
 def scenarios():
+    if os.environ.get("KERAS_BACKEND") != "jax":
+        pytest.skip("tune's scenarios train on two executors; what they check is backend-independent code around "
+                    "Keras's fit, so they run once, in the suite's KERAS_BACKEND=jax pass")
     return run_scenarios("tune_run.py", dict(os.environ), timeout=900)
+
+
+class _Context:
+    def __init__(self, master):
+        self.master = master
+
+
+class _Session:
+    def __init__(self, master):
+        self.sparkContext = _Context(master)
+
+
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
+@pytest.mark.parametrize("master", ["local", "local[2]", "local[2,3]", "local[*]", "local-cluster[2,1,1024]"])
+def test_the_default_storage_serves_masters_that_share_the_drivers_disk(master):
+    _check_shared_disk(_Session(master))  # no error
+
+
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
+@pytest.mark.parametrize("master", ["yarn", "spark://host:7077", "k8s://https://host:443"])
+def test_the_default_storage_is_refused_on_a_cluster_with_what_to_pass(master):
+    with pytest.raises(ValueError, match=r"Pass storage=: a database URL") as refused:
+        _check_shared_disk(_Session(master))
+    assert repr(master) in str(refused.value)
 
 
 def _by_params(result):
