@@ -222,13 +222,26 @@ def _probe_model(build_model, attempts: int = _PROBE_ATTEMPTS):
     """
     import optuna
 
-    probes = optuna.create_study(sampler=optuna.samplers.RandomSampler())
+    with _optuna_quiet():  # not the user's study: no "A new study created" line
+        probes = optuna.create_study(sampler=optuna.samplers.RandomSampler())
     for attempt in range(attempts):
         try:
             return build_model(probes.ask())
         except Exception:
             if attempt == attempts - 1:
                 raise
+
+
+@contextlib.contextmanager
+def _optuna_quiet():
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 @contextlib.contextmanager
@@ -247,7 +260,8 @@ def _study_storage(spark, storage):
 
         def in_memory(study):
             memory = optuna.storages.InMemoryStorage()
-            optuna.copy_study(from_study_name=study.study_name, from_storage=store, to_storage=memory)
+            with _optuna_quiet():  # the study's copy, already announced
+                optuna.copy_study(from_study_name=study.study_name, from_storage=store, to_storage=memory)
             return optuna.load_study(study_name=study.study_name, storage=memory)
 
         yield store, in_memory
