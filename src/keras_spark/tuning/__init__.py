@@ -7,6 +7,7 @@ train and tell (trials.py).
 """
 
 from keras_spark.tuning.search import TuneResult, tune
-from keras_spark.tuning.trials import PID_ATTR, SETUP_ATTR, SURPLUS_ATTR, TASK_ATTR, TRACEBACK_ATTR
+from keras_spark.tuning.trials import DATA_SETUP_ATTR, PID_ATTR, SETUP_ATTR, SURPLUS_ATTR, TASK_ATTR, TRACEBACK_ATTR
 
-__all__ = ["tune", "TuneResult", "TRACEBACK_ATTR", "PID_ATTR", "TASK_ATTR", "SETUP_ATTR", "SURPLUS_ATTR"]
+__all__ = ["tune", "TuneResult", "TRACEBACK_ATTR", "PID_ATTR", "TASK_ATTR", "SETUP_ATTR", "DATA_SETUP_ATTR",
+           "SURPLUS_ATTR"]

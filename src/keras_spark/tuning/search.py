@@ -38,9 +38,11 @@ class TuneResult:
         best_model_trial (int | None): the number of the trial `best_model` comes from (it differs from
             `best_trial.number` only when a study you resumed holds a better trial from before).
         trials (list[dict]): one dict per trial this call ran: `number`, `state`, `value`, `epochs`,
-            `pid`, `task`, `setup_s` (build_model and its feeds) and `train_s`.
+            `pid`, `task`, `setup_s` (build_model and its feeds), `data_setup_s` (its feeds over the
+            task's cache, of `setup_s`) and `train_s` (Keras's fit).
         tasks (list[dict]): one dict per trial task: `task`, `pid`, `rows` (training rows it cached),
-            `data_s` (seconds to cache its rows, once), `trials` (numbers it ran).
+            `data_s` (seconds to read its rows into its cache, once), `import_s` (the backend's import,
+            once), `trials` (numbers it ran).
         wall_s (float): seconds from the call to its return.
     """
 
@@ -335,7 +337,8 @@ def _result(study, summaries: list[dict], build_model, direction: str, wall_s: f
     trials, tasks, best = [], [], None
     for summary in summaries:
         tasks.append({"task": summary["task"], "pid": summary["pid"], "rows": summary["rows"],
-                      "data_s": summary["data_s"], "trials": [t["number"] for t in summary["trials"]]})
+                      "data_s": summary["data_s"], "import_s": summary["import_s"],
+                      "trials": [t["number"] for t in summary["trials"]]})
         trials += [dict(t, task=summary["task"]) for t in summary["trials"]]
         candidate = summary["best"]
         if candidate is not None and (best is None or (candidate["value"] > best["value"] if direction == "maximize"

@@ -26,7 +26,9 @@ PID_ATTR = "keras_spark_pid"
 TASK_ATTR = "keras_spark_task"
 """str: the user attribute that holds the index (0 to parallelism - 1) of the task that ran the trial."""
 SETUP_ATTR = "keras_spark_setup_s"
-"""str: the user attribute that holds a trial's set-up seconds (build_model and its feed)."""
+"""str: the user attribute that holds a trial's set-up seconds: build_model, then its feeds over the cache."""
+DATA_SETUP_ATTR = "keras_spark_data_setup_s"
+"""str: the user attribute that holds a trial's data set-up seconds: opening its feeds over the task's cache."""
 SURPLUS_ATTR = "keras_spark_surplus"
 """str: set (True) on a trial asked in the same instant as the last one wanted, told FAIL without running."""
 
@@ -129,8 +131,11 @@ def _run_trials(job: TrialJob, index: int, train, validation, started: float) ->
     """Trial after trial until the study holds n_trials of this call's trials, or the deadline passes."""
     from pyspark import cloudpickle
 
+    began = time.perf_counter()
     keras = _import_backend(job.backend)
     import optuna
+
+    import_s = time.perf_counter() - began
 
     study = _open_study(job)
     build_model = cloudpickle.loads(job.build_model)
@@ -147,7 +152,7 @@ def _run_trials(job: TrialJob, index: int, train, validation, started: float) ->
             best = record
         keras.backend.clear_session()  # one trial's graphs and variables do not pile up in a long-lived task
         gc.collect()
-    return {"trials": ran, "best": best}
+    return {"trials": ran, "best": best, "import_s": import_s}
 
 
 def _more_wanted(study, job: TrialJob, started: float) -> bool:
@@ -176,15 +181,17 @@ def _one_trial(keras, study, trial, build_model, job: TrialJob, index: int, trai
     trial.set_user_attr(PID_ATTR, os.getpid())
     trial.set_user_attr(TASK_ATTR, index)
     record = {"number": trial.number, "pid": os.getpid(), "epochs": 0, "value": None, "setup_s": 0.0,
-              "train_s": 0.0}
+              "data_setup_s": 0.0, "train_s": 0.0}
     feeds = []
     try:
         began = time.perf_counter()
         model = build_model(trial)
         _check_model(model, job.bindings)
+        built = time.perf_counter()
         feed, val_input, val_steps = _feeds(keras, model, train, validation, job, feeds)
-        record["setup_s"] = time.perf_counter() - began
+        record["setup_s"], record["data_setup_s"] = time.perf_counter() - began, time.perf_counter() - built
         trial.set_user_attr(SETUP_ATTR, record["setup_s"])
+        trial.set_user_attr(DATA_SETUP_ATTR, record["data_setup_s"])
         reporter = _EpochReporter(keras, trial, job.objective)
         began = time.perf_counter()
         from keras_spark.feed import keras_input
