@@ -1,9 +1,10 @@
 """keras_spark.tune (trials on two executors) vs Optuna running the same trials one after another on the driver.
 
 One local-cluster[2,1,1024] (two executors of one core), the same data, search space, trial budget,
-epochs and pruner (MedianPruner) for both. Prints one JSON object: wall time, best objective, trials
-pruned; for tune also each trial's set-up as a share of its training, each task's one-off data
-set-up, and how busy the two task slots were.
+epochs and pruner (MedianPruner) for both. Prints one JSON object (kept as
+bench/results/tune_<backend>.json): wall time, best objective, trials pruned; for tune also each
+trial's set-up as a share of its training, each task's one-off data set-up and backend import, and
+how busy the two task slots were.
 
     python bench/tune_bench.py [--backend jax|torch] [--rows 20000] [--trials 8] [--epochs 4]
 """
@@ -11,19 +12,21 @@ set-up, and how busy the two task slots were.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+from pathlib import Path
 
 BACKEND = sys.argv[sys.argv.index("--backend") + 1] if "--backend" in sys.argv else "jax"
 os.environ["KERAS_BACKEND"] = BACKEND
 os.environ["PYSPARK_PYTHON"] = sys.executable
+sys.path.insert(0, str(Path(__file__).parent))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
+from common import emit  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
 
 import keras_spark  # noqa: E402
@@ -117,7 +120,7 @@ def main():
                "master": "local-cluster[2,1,1024]"}
     figures["tune_parallelism_2"] = with_tune(train, val, args.trials, args.epochs, 2)
     figures["optuna_on_the_driver"] = on_the_driver(train, val, args.trials, args.epochs)
-    print(json.dumps(figures, indent=1))
+    emit(f"tune_{BACKEND}", figures)
     spark.stop()
 
 
