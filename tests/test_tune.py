@@ -8,6 +8,9 @@ pass only (see tests/README.md).
 
 import os
 import re
+import shutil
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +146,43 @@ def test_refusals_name_what_to_do(scenarios):
     assert messages["val_objective_without_validation"].startswith("ValueError: objective='val_loss'")
     assert "pass validation_data" in messages["val_objective_without_validation"]
     assert messages["too_many_tasks"].startswith("ValueError: parallelism=3 needs 3 task slots")
+
+
+def _small_model(trial):
+    import keras
+
+    from keras_spark.models import KerasSparkModel
+
+    x = keras.Input((4,), name="x")
+    h = keras.layers.Dense(trial.suggest_int("units", 2, 8), activation="tanh")(x)
+    model = KerasSparkModel(x, keras.layers.Dense(1, name="y")(h))
+    model.compile(keras.optimizers.SGD(trial.suggest_float("lr", 1e-3, 1e-1, log=True)), "mse")
+    return model
+
+
+@pytest.mark.backend_independent  # how the job, its closure and the study's storage travel: the session's concern
+def test_tune_through_the_session_with_a_storage_both_reach(spark):
+    """Classic and Connect: build_model from this test module (by value), a journal outside /tmp (a Connect
+    server may have a private /tmp), trials on the executors, the best model scored on them."""
+    import optuna
+    from builders import frame_of_sizes
+    from optuna.storages.journal import JournalFileBackend
+
+    import keras_spark
+    from keras_spark.spark.session import is_connect
+
+    df = frame_of_sizes(spark, [40, 40], seed=0)
+    if is_connect(spark):
+        with pytest.raises(ValueError, match="Spark Connect client"):
+            keras_spark.tune(_small_model, df, n_trials=1, objective="loss")
+    folder = Path(__file__).parent.parent / "build" / f"tune_test_{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
+    try:
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(folder / "journal.log")))
+        result = keras_spark.tune(_small_model, df, n_trials=2, parallelism=2, epochs=1, objective="loss",
+                                  storage=storage)
+        assert [t.state.name for t in result.study.trials] == ["COMPLETE", "COMPLETE"]
+        assert all(t.user_attrs[PID_ATTR] != os.getpid() for t in result.study.trials)
+        assert result.best_model.predict(df.limit(3)).count() == 3
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -88,8 +88,9 @@ def tune(build_model: Callable, df, *, n_trials: int, parallelism: int | None = 
     Args:
         build_model (Callable[[optuna.Trial], keras.Model]): returns a compiled functional Keras model
             (a `KerasSparkModel`, or a `keras.Model` that `best_model` wraps in one) built from the
-            trial's suggestions. It travels to the executors by value (cloudpickle): what it calls must
-            be importable there or defined beside it. Every trial's model must have the same inputs
+            trial's suggestions. It travels to the executors by value (cloudpickle), with its module
+            when that is a file outside site-packages (a script, a notebook's module); what it calls
+            from installed packages must be installed on the executors. Every trial's model must have the same inputs
             and outputs: they are bound to columns once, on the driver, from one model built with a
             throwaway trial of random parameters (built, never trained; tried up to 8 times when
             build_model raises for some parameters).
@@ -302,7 +303,7 @@ def _job(plan: _Plan, study, store, build_model, sampler, pruner, n_trials, befo
             raise ValueError(f"tune does not take {refused}= (each trial trains `epochs` full passes over df)")
     return TrialJob(
         study_name=study.study_name, storage=store, sampler=cloudpickle.dumps(sampler),
-        pruner=cloudpickle.dumps(pruner), build_model=cloudpickle.dumps(build_model), backend=backend,
+        pruner=cloudpickle.dumps(pruner), build_model=_pickled_by_value(build_model), backend=backend,
         n_trials=n_trials, before=before, deadline_s=timeout, objective=objective,
         maximize=direction == "maximize", batch_size=batch_size,
         validation_batch_size=batch_size_or_default(validation_batch_size or batch_size, "validation_batch_size"),
@@ -311,6 +312,18 @@ def _job(plan: _Plan, study, store, build_model, sampler, pruner, n_trials, befo
         pid_index=plan.names.index(plan.partition_col), validation_offset=plan.offset,
         allow_non_finite=allow_non_finite, cache_dir=cache_dir,
     )
+
+
+def _pickled_by_value(build_model) -> bytes:
+    """build_model's bytes; its module travels by value when the executors may not import it (a file of yours
+    outside site-packages), as custom objects do (model_package)."""
+    from pyspark import cloudpickle
+
+    from keras_spark.model_package import _by_value, _ships_by_value
+
+    module = getattr(build_model, "__module__", None)
+    with _by_value({module} if module and _ships_by_value(module) else set()):
+        return cloudpickle.dumps(build_model)
 
 
 def _run_job(spark, plan: _Plan, job: TrialJob, parallelism: int) -> list[dict]:
