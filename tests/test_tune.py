@@ -132,6 +132,13 @@ def test_the_default_storage_runs_optunas_sampler_and_leaves_nothing_on_disk(sce
         assert result["best_model"]
 
 
+def test_tasks_ask_for_no_trial_after_the_timeout(scenarios):
+    result = scenarios["timeout"]
+    assert result["trials"] == 0
+    assert [task["trials"] for task in result["tasks"]] == [[], []]
+    assert result["best_model"] is False and result["best_params"] == {} and result["best_value"] is None
+
+
 def test_the_guide_snippet_runs_and_finds_a_good_model(scenarios):
     printed = scenarios["guide"]["printed"]
     best = re.search(r"best \{.*\}: val_loss ([0-9.e-]+)", printed)

@@ -95,6 +95,13 @@ def default_storage():
            left=left, best_model=result.best_model is not None, tasks=result.tasks)
 
 
+def timeout():
+    """A timeout that has passed when the tasks start: they ask for no trial, and tune returns an empty study."""
+    result = keras_spark.tune(build_model, train, n_trials=4, parallelism=2, objective="loss", timeout=0.0)
+    report("timeout", trials=len(result.study.trials), tasks=result.tasks, best_model=result.best_model is not None,
+           best_params=result.best_params, best_value=result.best_value)
+
+
 def guide():
     """docs/guide/tuning.md's snippet as written (its getOrCreate finds this script's session)."""
     import contextlib
@@ -124,7 +131,7 @@ def refusals():
     report("refusals", messages=messages)
 
 
-for scenario in sys.argv[1:] or ["refusals", "enqueued", "default_storage", "guide"]:
+for scenario in sys.argv[1:] or ["refusals", "enqueued", "default_storage", "timeout", "guide"]:
     globals()[scenario]()
 spark.stop()
 shutil.rmtree(run_tmp, ignore_errors=True)
