@@ -17,7 +17,7 @@ import pytest
 from builders import run_scenarios
 
 from keras_spark.tuning import DATA_SETUP_ATTR, PID_ATTR, SETUP_ATTR, TASK_ATTR, TRACEBACK_ATTR
-from keras_spark.tuning.search import _check_shared_disk
+from keras_spark.tuning.search import _check_shared_disk, fail_orphans
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +153,21 @@ def test_refusals_name_what_to_do(scenarios):
     assert messages["val_objective_without_validation"].startswith("ValueError: objective='val_loss'")
     assert "pass validation_data" in messages["val_objective_without_validation"]
     assert messages["too_many_tasks"].startswith("ValueError: parallelism=3 needs 3 task slots")
+
+
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
+def test_a_lost_tasks_running_trial_is_failed_when_the_job_ends_and_earlier_trials_are_left_alone():
+    import optuna
+
+    study = optuna.create_study()
+    earlier = study.ask()  # RUNNING, from before this call (another process may still run it)
+    before = frozenset({earlier.number})
+    lost, done = study.ask(), study.ask()
+    study.tell(done, 1.0)
+    assert fail_orphans(study, before) == [lost.number]
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states == {earlier.number: "RUNNING", lost.number: "FAIL", done.number: "COMPLETE"}
 
 
 def _small_model(trial):

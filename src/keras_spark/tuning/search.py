@@ -167,6 +167,7 @@ def tune(build_model: Callable, df, *, n_trials: int, parallelism: int | None = 
                    direction, epochs, batch_size, validation_batch_size, shuffle, fit_kwargs, cache_dir,
                    allow_non_finite, keras.backend.backend())
         summaries = _run_job(spark, plan, job, parallelism)
+        fail_orphans(study, before)
         study = keep(study)
     return _result(study, summaries, build_model, direction, time.perf_counter() - started)
 
@@ -312,6 +313,18 @@ def _job(plan: _Plan, study, store, build_model, sampler, pruner, n_trials, befo
         pid_index=plan.names.index(plan.partition_col), validation_offset=plan.offset,
         allow_non_finite=allow_non_finite, cache_dir=cache_dir,
     )
+
+
+def fail_orphans(study, before: frozenset) -> list[int]:
+    """Tell FAIL this call's trials still RUNNING once the job has ended: their task was lost (an executor
+    died; Spark ran the task again, which asked for new trials). Returns their numbers."""
+    import optuna
+
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+               if t.number not in before]
+    for number in running:
+        study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+    return running
 
 
 def _pickled_by_value(build_model) -> bytes:
