@@ -166,8 +166,10 @@ def tune(build_model: Callable, df, *, n_trials: int, parallelism: int | None = 
         job = _job(plan, study, store, build_model, sampler, pruner, n_trials, before, timeout, objective,
                    direction, epochs, batch_size, validation_batch_size, shuffle, fit_kwargs, cache_dir,
                    allow_non_finite, keras.backend.backend())
-        summaries = _run_job(spark, plan, job, parallelism)
-        fail_orphans(study, before)
+        try:
+            summaries = _run_job(spark, plan, job, parallelism)
+        finally:  # a failed job too: no task runs a trial any more
+            fail_orphans(study, before)
         study = keep(study)
     return _result(study, summaries, build_model, direction, time.perf_counter() - started)
 
