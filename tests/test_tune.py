@@ -153,6 +153,9 @@ def test_refusals_name_what_to_do(scenarios):
     assert messages["val_objective_without_validation"].startswith("ValueError: objective='val_loss'")
     assert "pass validation_data" in messages["val_objective_without_validation"]
     assert messages["too_many_tasks"].startswith("ValueError: parallelism=3 needs 3 task slots")
+    # a bad value fails the job before any trial, named as fit names it
+    assert messages["nan_label"].startswith("DataError: ")
+    assert "'y'" in messages["nan_label"] and "row 7 of partition id 2" in messages["nan_label"]
 
 
 @pytest.mark.backend_independent

@@ -118,13 +118,18 @@ def guide():
 
 
 def refusals():
+    bad_x = train.where("partition_id = 2").collect()[7]["x"][0]  # the 8th row of id 2 gets a NaN label
     messages = {}
     for case, kwargs in {
         "val_objective_without_validation": dict(n_trials=1),
         "too_many_tasks": dict(n_trials=3, parallelism=3, validation_data=val),
+        "nan_label": dict(n_trials=2, parallelism=2, objective="loss",
+                          df=train.withColumn("y", F.when((F.col("partition_id") == 2) & (F.col("x")[0] == bad_x),
+                                                          F.lit(float("nan"))).otherwise(F.col("y")))),
     }.items():
+        data = kwargs.pop("df", train)
         try:
-            keras_spark.tune(build_model, train, **kwargs)
+            keras_spark.tune(build_model, data, **kwargs)
             messages[case] = None
         except Exception as error:  # noqa: BLE001  the test asserts the type and message
             messages[case] = f"{type(error).__name__}: {error}"

@@ -347,12 +347,15 @@ def _run_job(spark, plan: _Plan, job: TrialJob, parallelism: int) -> list[dict]:
 
     from keras_spark.spark.distributed import _surfaced, routing_keys
     from keras_spark.spark.executors import check_executors, worker_python
+    from keras_spark.spark.extract import _SOURCE_ORDER
 
     check_executors(spark, job.backend)
     keys = routing_keys(parallelism)  # key k's Spark hash sends its copy to partition k
-    copies = (plan.selected.withColumn(_TASK_COLUMN, F.explode(F.array(*[F.lit(k) for k in keys])))
+    # Rows of one id keep the DataFrame's order (the shuffle does not), so a bad row is named as fit names it.
+    copies = (plan.selected.withColumn(_SOURCE_ORDER, F.monotonically_increasing_id())
+              .withColumn(_TASK_COLUMN, F.explode(F.array(*[F.lit(k) for k in keys])))
               .repartition(parallelism, F.col(_TASK_COLUMN)).drop(_TASK_COLUMN)
-              .sortWithinPartitions(F.col(f"`{plan.partition_col}`")))
+              .sortWithinPartitions(F.col(f"`{plan.partition_col}`"), F.col(_SOURCE_ORDER)).drop(_SOURCE_ORDER))
     try:
         with worker_python(spark):
             rows = copies.mapInArrow(functools.partial(trial_task, job=job), _RESULT_SCHEMA).collect()

@@ -85,15 +85,16 @@ def _cache_rows(batches, workdir: str, job: TrialJob):
     """This task's copy of the rows in a local cache: (training, validation or None, seconds)."""
     import json
 
-    from keras_spark.spark.distributed import _split_cache
+    from keras_spark.errors import DataError
+    from keras_spark.spark.distributed import _named_row, _split_cache
     from keras_spark.spark.extract import _assemble, _write_rows
 
     started = time.perf_counter()
     info = json.loads(_write_rows(batches, os.path.join(workdir, "rows"), job.columns, job.pid_index,
                                   job.allow_non_finite))
-    if "error" in info and job.validation_offset is not None and info.get("partition_id", -1) >= job.validation_offset:
-        info["error"] = "validation_data: " + info["error"]
-    cached = _assemble(workdir, job.bindings, [info])  # raises the DataError of a bad value
+    if "error" in info:  # all of an id's rows are here in the DataFrame's order: named as fit names it
+        raise DataError(_named_row(info, job.validation_offset))
+    cached = _assemble(workdir, job.bindings, [info])
     train, validation = _split_cache(cached, job.validation_offset)
     return train, validation, time.perf_counter() - started
 
