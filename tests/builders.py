@@ -95,15 +95,15 @@ only_in_the_jax_pass = pytest.mark.skipif(
 )
 
 
-def run_scenarios(script: str, env: dict, timeout: int) -> dict:
-    """Run tests/<script> in its own process; its `RESULT {json}` lines by their "name"."""
+def run_scenarios(script: str, env: dict, timeout: int, args: list[str] = (), cwd=None) -> dict:
+    """Run tests/<script> [args] in its own process (in `cwd`); its `RESULT {json}` lines by their "name"."""
     import json
     import subprocess
     import sys
     from pathlib import Path
 
-    done = subprocess.run([sys.executable, str(Path(__file__).with_name(script))], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name(script)), *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
     results = {}
     for line in done.stdout.splitlines():
         if "RESULT " in line:
@@ -111,16 +111,3 @@ def run_scenarios(script: str, env: dict, timeout: int) -> dict:
             results[result["name"]] = result
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return results
-
-
-def run_scenario_in(script: str, folder, scenario: str, env: dict, timeout: int = 900) -> dict:
-    """Run tests/<script> <folder> <scenario> in its own process, in `folder`; its one `RESULT {json}`."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    done = subprocess.run([sys.executable, str(Path(__file__).with_name(script)), str(folder), scenario], env=env,
-                          cwd=folder, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return json.loads(done.stdout.split("RESULT ", 1)[1].splitlines()[0])

@@ -148,3 +148,37 @@ def _seeded():
 
     keras.utils.set_random_seed(1234)
     yield
+
+
+@pytest.fixture(scope="session")
+def moto_s3_endpoint():
+    """A real S3 API for the whole run: moto's threaded server on 127.0.0.1, a free port (as s3fs tests)."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_s3_endpoint, monkeypatch, request):
+    """`s3://<a new bucket>` on the moto server, with the AWS variables a user of S3 would set."""
+    import re
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    for name, value in {"AWS_ENDPOINT_URL": moto_s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    scheme, _, endpoint = moto_s3_endpoint.partition("://")
+    pafs.S3FileSystem(endpoint_override=endpoint, scheme=scheme, region="us-east-1",
+                     allow_bucket_creation=True).create_dir(bucket)
+    return f"s3://{bucket}"

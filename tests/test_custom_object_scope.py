@@ -9,8 +9,11 @@ import keras
 import numpy as np
 import pytest
 from builders import numeric_frame, to_numpy
+from pyspark.ml import PipelineModel
 
 from keras_spark.errors import ModelPackageError
+from keras_spark.ml import KerasEstimator, KerasModel
+from keras_spark.ml.estimator import model_to_keras_bytes
 from keras_spark.models import KerasSparkModel, load_model
 
 
@@ -79,3 +82,41 @@ def test_a_class_the_executors_cannot_find_is_refused_before_any_spark_job(class
     finally:
         spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
     assert spark.sparkContext.statusTracker().getJobIdsForGroup("unknown-class") == []
+
+
+# -- the Spark ML stages say the same ---------------------------------------------------------
+_STAGE_REFUSAL = (r"classes 'Offset' \(test_custom_object_scope.Offset\), 'Twice' \(test_custom_object_scope.Twice\), "
+                  r"which Keras cannot find by name, so the {what} cannot open its model; {how}")
+
+
+@pytest.mark.session_independent
+def test_a_stage_without_custom_objects_names_the_classes_and_the_param_before_any_spark_job(classic_spark):
+    spark = classic_spark  # counts jobs through the SparkContext
+    df = numeric_frame(spark, 20, 2)
+    estimator = KerasEstimator(model=_model(), epochs=1)
+    scoring = KerasModel(model_to_keras_bytes(_model(), {"Offset": Offset, "Twice": Twice}))
+    how = r"set the stage's customObjects Param \(customObjects=\{'Offset': Offset, 'Twice': Twice\}"
+    spark.sparkContext.setJobGroup("stage-unknown-class", "no job may start")
+    try:
+        with pytest.raises(ModelPackageError, match=_STAGE_REFUSAL.format(what="stage", how=how)):
+            estimator.fit(df)
+        with pytest.raises(ModelPackageError, match=_STAGE_REFUSAL.format(what="stage", how=how)):
+            scoring.transform(df)
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    assert spark.sparkContext.statusTracker().getJobIdsForGroup("stage-unknown-class") == []
+
+
+def test_loading_a_saved_stage_whose_classes_are_missing_names_them_and_a_scope_around_load_keeps_them(spark,
+                                                                                                     tmp_path):
+    stage = KerasModel(model_to_keras_bytes(_model(), {"Offset": Offset, "Twice": Twice}))
+    stage.save(str(tmp_path / "stage"))
+    PipelineModel(stages=[stage]).save(str(tmp_path / "pipeline"))
+    how = r"load it inside keras.saving.custom_object_scope\(\{'Offset': Offset, 'Twice': Twice\}\)"
+    for load, path in ((KerasModel.load, "stage"), (PipelineModel.load, "pipeline")):
+        with pytest.raises(ModelPackageError, match=_STAGE_REFUSAL.format(what="saved stage", how=how)):
+            load(str(tmp_path / path))
+    with keras.saving.custom_object_scope({"Offset": Offset, "Twice": Twice}):
+        loaded = KerasModel.load(str(tmp_path / "stage"))
+    assert loaded.getCustomObjects() == {"Offset": Offset, "Twice": Twice}  # it opens outside the scope too
+    assert loaded.getKerasModel().output_names == ["y"]

@@ -122,6 +122,46 @@ def test_an_unpicklable_custom_object_is_refused_on_the_driver_naming_it(classic
     assert spark.sparkContext.statusTracker().getJobIdsForGroup("unpicklable") == []
 
 
+@pytest.fixture
+def compiled_helper_module(tmp_path, monkeypatch):
+    """A module of the user's that cloudpickle cannot carry: a compiled extension beside the script (faked:
+    a module whose file is a .so outside site-packages), with a function the model's code uses."""
+    import importlib.machinery
+    import types
+
+    module = types.ModuleType("fastops")
+    module.__file__ = str(tmp_path / f"fastops{importlib.machinery.EXTENSION_SUFFIXES[0]}")
+
+    def fast_relu(x):
+        return keras.ops.relu(x)
+
+    fast_relu.__module__ = "fastops"
+    module.fast_relu = fast_relu
+    monkeypatch.setitem(sys.modules, "fastops", module)
+    return module
+
+
+@pytest.mark.backend_independent
+@pytest.mark.session_independent
+def test_a_users_module_that_cannot_travel_is_named_with_how_to_ship_it_before_any_spark_job(
+        classic_spark, compiled_helper_module):
+    spark = classic_spark  # counts jobs through the SparkContext
+    df = numeric_frame(spark, 20, 2)
+    fastops = compiled_helper_module
+
+    def my_activation(x):  # shipped by value; what it calls is in the compiled module
+        return fastops.fast_relu(x)
+
+    spark.sparkContext.setJobGroup("compiled-module", "no job may start")
+    try:
+        with pytest.raises(ModelPackageError, match=r"module 'fastops' \(.*fastops.*\), a compiled extension.*"
+                                                    r"addPyFile\('.*fastops.*'\).*addArtifacts\(<file>, pyfile=True\)"):
+            regression_model().predict(df, custom_objects={"my_activation": my_activation})
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    assert spark.sparkContext.statusTracker().getJobIdsForGroup("compiled-module") == []
+
+
 def test_the_package_carries_only_the_registered_objects_the_model_names():
     from keras_spark.model_package import pack_model, read_package
 
@@ -338,3 +378,7 @@ def test_distributed_fit_with_custom_objects_and_weights():
     assert result["history_keys"] == ["loss", "worst_error"]
     assert result["loss"][-1] < result["loss"][0]
     assert result["max_score_diff"] < 1e-4  # the trained model scores the same on the executors
+    # A layer whose base (and the base's helper function) is in a module only the driver can import.
+    assert result["executors_find_mylayers"] is False
+    assert result["base_module_score_diff"] < 1e-4
+    assert len(result["base_module_loss"]) == 2 and all(np.isfinite(result["base_module_loss"]))

@@ -132,10 +132,10 @@ def test_learning_rate_param_replaces_the_compiled_one(cancer):
     assert float(keras.ops.convert_to_numpy(trained.optimizer.learning_rate)) == 0.0
 
 
-def test_partition_column_is_made_when_absent_and_used_when_present(cancer):
-    stage_pipeline = Pipeline(stages=pipeline_stages(_estimator(epochs=1, partitionCol="part", numPartitions=3)))
-    assert "part" not in cancer.columns
-    made = stage_pipeline.fit(cancer)  # the stage made `part` from a row hash
+def test_partition_column_is_made_when_unset_and_absent_and_used_when_present(cancer):
+    stage_pipeline = Pipeline(stages=pipeline_stages(_estimator(epochs=1, numPartitions=3)))
+    assert "partition_id" not in cancer.columns
+    made = stage_pipeline.fit(cancer)  # the stage made `partition_id` from a row hash
     assert made.stages[-1].history["loss"]
     with pytest.raises(BindingError, match="partition column 'fold'"):  # present: used as given (a double here)
         Pipeline(stages=pipeline_stages(_estimator(partitionCol="fold"))).fit(

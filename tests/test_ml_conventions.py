@@ -19,7 +19,7 @@ def _example_values() -> dict:
         "labelCols": {"label": "y"}, "predictionStyle": "regression", "predictionCol": "p", "probabilityCol": "q",
         "rawPredictionCol": "r", "predictBatchSize": 7, "outputCol": "scores", "customObjects": {"Shift": Shift},
         "epochs": 3, "batchSize": 5, "learningRate": 0.25, "partitionCol": "part", "numPartitions": 4,
-        "numWorkers": 2, "validationFraction": 0.5, "seed": 9, "verbose": 2,
+        "numWorkers": 2, "validationFraction": 0.5, "seed": 9, "verbose": 2, "checkpointLocation": "s3://b/run",
     }
 
 

@@ -1,19 +1,34 @@
 """MLflow: what autolog records for fit(spark_df), the shipped MlflowLogger for num_workers, and a logged
-model served back (each scenario in its own process, tests/mlflow_model_run.py: MLflow's autolog patches Keras
-process-wide)."""
+model served back (the pass's scenarios in one process of their own, tests/mlflow_model_run.py: MLflow's
+autolog patches Keras process-wide, so it is turned off again after its scenario)."""
 
 import json
 import os
 
 import keras
 import pytest
-from builders import only_in_the_jax_pass, run_scenario_in
+from builders import only_in_the_jax_pass, run_scenarios
 
 pytest.importorskip("mlflow", reason="MLflow is not installed (pip install '.[mlflow]')")
 
 
-def test_autolog_records_one_run_per_epoch_metrics_and_a_model_that_serves_the_same(tmp_path):
-    result = run_scenario_in("mlflow_model_run.py", tmp_path, "autolog", dict(os.environ))
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """Every scenario this pass runs, in one process: autolog always, log_model in the pass of
+    backend_independent tests, the num_workers callback in the JAX pass."""
+    from conftest import PRIMARY_BACKEND
+
+    backend = os.environ["KERAS_BACKEND"]
+    # autolog first: Keras names a process's later optimizers adam_1, ..., and autolog logs that name
+    scenarios = ["autolog"] + (["log_model"] if backend == PRIMARY_BACKEND else [])
+    scenarios += ["callback"] if backend == "jax" else []
+    folder = tmp_path_factory.mktemp("mlflow")
+    return run_scenarios("mlflow_model_run.py", dict(os.environ), timeout=900,
+                         args=[str(folder), ",".join(scenarios)], cwd=folder)
+
+
+def test_autolog_records_one_run_per_epoch_metrics_and_a_model_that_serves_the_same(logged):
+    result = logged["autolog"]
     assert result["runs"] == 1 and result["models"] == 1
     assert result["metric_steps"]["loss"] == [0, 1]
     assert result["params"]["epochs"] == "2" and result["params"]["optimizer_name"] == "adam"
@@ -28,8 +43,8 @@ def test_autolog_records_one_run_per_epoch_metrics_and_a_model_that_serves_the_s
 
 
 @only_in_the_jax_pass
-def test_mlflow_logger_with_two_workers_logs_once_into_one_run(tmp_path):
-    result = run_scenario_in("mlflow_model_run.py", tmp_path, "callback", dict(os.environ, KERAS_BACKEND="jax"))
+def test_mlflow_logger_with_two_workers_logs_once_into_one_run(logged):
+    result = logged["callback"]
     assert result["runs"] == 1 and result["models"] == 1
     assert result["metric_steps"]["loss"] == [0, 1]  # rank 0 only: each epoch once, not once per worker
     assert result["params"]["epochs"] == "2" and result["params"]["steps_per_epoch"] == "8"
@@ -37,8 +52,8 @@ def test_mlflow_logger_with_two_workers_logs_once_into_one_run(tmp_path):
 
 
 @pytest.mark.backend_independent  # the signature comes from the model's inputs; serving per backend: autolog's test
-def test_log_model_writes_a_signature_that_spark_udf_serves_from_the_column(tmp_path):
-    result = run_scenario_in("mlflow_model_run.py", tmp_path, "log_model", dict(os.environ))
+def test_log_model_writes_a_signature_that_spark_udf_serves_from_the_column(logged):
+    result = logged["log_model"]
     assert result["models"] == 1 and result["loaded_class"] == "KerasSparkModel"  # keras_spark is imported there
     inputs = json.loads(result["signature"]["inputs"])
     assert inputs == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 4]}, "name": "x"}]

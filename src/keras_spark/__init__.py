@@ -31,4 +31,8 @@ def __getattr__(name):
         from keras_spark import models
 
         return getattr(models, name)
+    if name == "Checkpoint":  # fit(df, checkpoint=keras_spark.Checkpoint(...)); see keras_spark.checkpoints
+        from keras_spark.checkpoints.options import Checkpoint
+
+        return Checkpoint
     raise AttributeError(f"module 'keras_spark' has no attribute {name!r}")

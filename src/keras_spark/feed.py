@@ -251,7 +251,9 @@ class BatchFeed:
         with self._lock:
             live = [r for r in (self._pipeline, *self._readers) if r is not None]
             every = self._closed_stats + [self._stats_of(r) for r in live]
-        total: dict = {}
+        # A fit that trains no epoch (resumed from a finished run's checkpoint) opens no reader: zeros.
+        total: dict = dict.fromkeys(("rows", "bytes", "batches", "real_steps", "padded_steps", "threads"), 0)
+        total.update(consumer_wait_s=0.0, gather_s=0.0)
         for stats in every:
             for key, value in stats.items():
                 total[key] = max(total.get(key, 0), value) if key == "threads" else total.get(key, 0) + value

@@ -80,9 +80,18 @@ def custom_object_scope(objects: dict | None):
         yield
 
 
-def check_classes_resolve(model_bytes: bytes, objects: dict) -> None:
+EXECUTORS_CANNOT_LOAD = "the Spark executors could not load the model"
+PASS_CUSTOM_OBJECTS = "pass custom_objects={example} (to predict or fit)"
+
+
+def check_classes_resolve(model_bytes: bytes, objects: dict, *, consequence: str = EXECUTORS_CANNOT_LOAD,
+                          remedy: str = PASS_CUSTOM_OBJECTS) -> None:
     """ModelPackageError naming each class of the model that a process given only `objects` (and Keras's
-    registry) could not find, as an executor could not: the driver says so before any Spark job."""
+    registry) could not find, as an executor could not: the driver says so before any Spark job.
+
+    `consequence` says what fails for want of the class; `remedy` ({example}: the missing classes as a
+    dict literal) how to give it, so a Spark ML stage can name its `customObjects` Param instead.
+    """
     import io
     import json
     import zipfile
@@ -102,8 +111,8 @@ def check_classes_resolve(model_bytes: bytes, objects: dict) -> None:
         example = ", ".join(f"'{name}': {name}" for name, _ in missing)
         raise ModelPackageError(
             f"the model uses class{'es' if len(missing) > 1 else ''} {names}, which Keras cannot find by name, so "
-            f"the Spark executors could not load the model; pass custom_objects={{{example}}} (to predict, fit or "
-            f"the stage), or decorate the class with @keras.saving.register_keras_serializable()"
+            f"{consequence}; {remedy.format(example='{' + example + '}')}, or decorate the class with "
+            f"@keras.saving.register_keras_serializable()"
         )
 
 
@@ -156,9 +165,11 @@ def _installed_roots() -> list[str]:
     return [os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths]
 
 
-def _ships_by_value(module_name: str) -> bool:
-    """True for code the executors may not be able to import: __main__, or a file outside site-packages."""
-    if module_name == "__main__":
+def _ships_by_value(module_name: str | None) -> bool:
+    """True for the user's own code, which the executors may not be able to import: a module whose file is
+    outside the standard library and site-packages (a script's helper, a notebook's, a test module).
+    keras_spark itself is checked on the executors (spark/executors.py), never shipped."""
+    if not module_name or module_name == "__main__" or module_name.split(".")[0] == "keras_spark":
         return False  # cloudpickle already pickles __main__ by value
     module = sys.modules.get(module_name)
     path = getattr(module, "__file__", None)
@@ -166,6 +177,87 @@ def _ships_by_value(module_name: str) -> bool:
         return False
     path = os.path.realpath(path)
     return not any(path.startswith(root + os.sep) for root in _installed_roots())
+
+
+def _users_code(module_name: str | None) -> bool:
+    """Code whose classes and functions are walked for what they reference: __main__ and _ships_by_value."""
+    return module_name == "__main__" or _ships_by_value(module_name)
+
+
+def _referenced(obj) -> list:
+    """What a function of the user's refers to by global name or closure, or a class of the user's holds
+    (its bases, methods, properties)."""
+    import types
+
+    if isinstance(obj, type):
+        return [*obj.__bases__, *vars(obj).values()]
+    if isinstance(obj, (staticmethod, classmethod)):
+        return [obj.__func__]
+    if isinstance(obj, property):
+        return [obj.fget, obj.fset, obj.fdel]
+    if not isinstance(obj, types.FunctionType):
+        return []
+    names, codes = set(), [obj.__code__]
+    while codes:  # nested functions, comprehensions and lambdas have code objects of their own
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    cells = [cell.cell_contents for cell in obj.__closure__ or () if _filled(cell)]
+    return [obj.__globals__[n] for n in sorted(names) if n in obj.__globals__] + cells
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:  # a cell not yet assigned
+        return False
+    return True
+
+
+def modules_to_ship(objects: dict) -> set[str]:
+    """The user's own modules that the custom objects need on the executors: their own modules, their
+    bases' modules and those of the functions, classes and modules their code refers to, followed
+    through the user's code (never into installed packages, which go by reference)."""
+    import types
+
+    modules, seen, todo = set(), set(), list(objects.values())
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, types.ModuleType):
+            if _ships_by_value(obj.__name__):
+                modules.add(obj.__name__)
+                todo.extend(v for v in vars(obj).values() if getattr(v, "__module__", None) == obj.__name__)
+            continue
+        if isinstance(obj, (staticmethod, classmethod, property)):  # found in a class of the user's
+            todo.extend(_referenced(obj))
+        elif isinstance(obj, (type, types.FunctionType)) and _users_code(obj.__module__):
+            if obj.__module__ != "__main__":
+                modules.add(obj.__module__)
+            todo.extend(_referenced(obj))
+    return modules
+
+
+def _check_shippable(modules: set[str]) -> None:
+    """ModelPackageError for a module cloudpickle cannot carry by value (a compiled extension) unless its folder
+    is on PYTHONPATH (taken to be the executors' too): the message says how to put it on the executors."""
+    import importlib.machinery
+
+    on_path = {os.path.realpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    for name in sorted(modules):
+        path = getattr(sys.modules[name], "__file__", "") or ""
+        compiled = path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+        if compiled and os.path.dirname(os.path.realpath(path)) not in on_path:
+            raise ModelPackageError(
+                f"the custom objects need module '{name}' ({path}), a compiled extension outside any installed "
+                f"package: it cannot travel with the model, and the Spark executors may not import it. Install it "
+                f"on every executor (a wheel, or keras_spark.deploy.ship_environment), ship its file with "
+                f"spark.sparkContext.addPyFile('{path}') (on Spark Connect, spark.addArtifacts(<file>, pyfile=True) "
+                f"takes .py, .zip and .egg files), or, where every executor has it already, put its folder on "
+                f"PYTHONPATH"
+            )
 
 
 @contextlib.contextmanager
@@ -184,11 +276,13 @@ def _by_value(modules: set[str]):
 
 
 def pickle_custom_objects(objects: dict) -> bytes:
-    """The custom objects as cloudpickle bytes; ModelPackageError names one that cannot travel."""
+    """The custom objects as cloudpickle bytes, the user's own modules they need carried by value
+    (modules_to_ship); ModelPackageError names an object or module that cannot travel."""
     from pyspark import cloudpickle
 
-    modules = {getattr(obj, "__module__", None) for obj in objects.values()}
-    with _by_value({m for m in modules if m and _ships_by_value(m)}):
+    modules = modules_to_ship(objects)
+    _check_shippable(modules)
+    with _by_value(modules):
         for key, obj in objects.items():
             try:
                 cloudpickle.dumps(obj)

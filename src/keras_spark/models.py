@@ -19,20 +19,28 @@ import_backend()  # Keras and its backend, without the backend's C++ start-up li
 
 import keras  # noqa: E402
 
+# Private to Keras: what keras.Model.__init__ uses to build a functional model (see KerasSparkModel.__new__).
+from keras.src.models.functional import Functional  # noqa: E402
+from keras.src.models.model import Trainer, functional_init_arguments  # noqa: E402
+
 from keras_spark import binding  # noqa: E402
 from keras_spark.spark import is_spark_dataframe  # noqa: E402
 
 _UNSET = object()
+_REGISTERED = ("keras_spark", "KerasSparkModel")  # KerasSparkModel's registered package and name
 
 
-@keras.saving.register_keras_serializable(package="keras_spark")
+@keras.saving.register_keras_serializable(*_REGISTERED)
 class KerasSparkModel(keras.Model):
     """A Keras functional model whose fit, evaluate and predict also take a PySpark DataFrame.
 
     Made as `keras.Model(inputs, outputs)` is: `KerasSparkModel(inputs, outputs, name=None)`.
     Inputs are fed from the columns named like the Keras inputs; each output's label is
     the column named like the output (`model.output_names`). Given anything that is not a
-    Spark DataFrame, every method is `keras.Model`'s own.
+    Spark DataFrame, every method is `keras.Model`'s own. It can be subclassed as `keras.Model` is
+    (an `__init__` and a `call` of your own), whatever was built before in the process: made from
+    (inputs, outputs), a KerasSparkModel is an instance of a functional subclass of it, and
+    KerasSparkModel itself is never changed into a functional class.
 
     Attributes:
         data_stats (dict): after a `fit` on a DataFrame, where the time went and what was trained
@@ -48,8 +56,23 @@ class KerasSparkModel(keras.Model):
         ```
     """
 
+    def __new__(cls, *args, **kwargs):
+        # Made functionally, a KerasSparkModel is an instance of a class that already is Keras's Functional:
+        # keras.Model.__init__ would otherwise rewrite KerasSparkModel's own bases (its
+        # inject_functional_model_class), and every later subclass would be functional too.
+        if cls is KerasSparkModel and _functional_arguments(args, kwargs):
+            cls = _FunctionalKerasSparkModel
+        return super().__new__(cls, *args, **kwargs)
+
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        if not _functional_arguments(args, kwargs):
+            super().__init__(*args, **kwargs)  # a subclass with its own call(), as keras.Model's
+            return
+        # What keras.Model.__init__ does with (inputs, outputs), with Functional put under the instance's
+        # class without rewriting KerasSparkModel's bases.
+        _with_functional(type(self))
+        Trainer.__init__(self)
+        Functional.__init__(self, *args, **kwargs)
 
     def get_config(self):
         return super().get_config()
@@ -57,7 +80,7 @@ class KerasSparkModel(keras.Model):
     # -- training -------------------------------------------------------------------
     def fit(self, x=None, y=None, batch_size=None, epochs=1, *args, partition_col=_UNSET,
             num_parallel_calls=_UNSET, cache_dir=_UNSET, num_workers=_UNSET, allow_non_finite=_UNSET,
-            custom_objects=_UNSET, image_resize=_UNSET, row_id_col=_UNSET, **kwargs):
+            custom_objects=_UNSET, image_resize=_UNSET, row_id_col=_UNSET, checkpoint=_UNSET, **kwargs):
         """keras.Model.fit; with a Spark DataFrame `x`, trains on its columns.
 
         Given anything but a Spark DataFrame, this is `keras.Model.fit` exactly (and the
@@ -76,10 +99,11 @@ class KerasSparkModel(keras.Model):
             epochs (int): passes over every row.
             partition_col (str): default "partition_id". The column of integer partition ids 0..n; each id
                 is one unit of streaming (up to `num_parallel_calls` ids are read at once and their rows
-                interleaved). When the DataFrame has no such column, fit makes one: a hash of each row's
-                id into `keras_spark.spark.training.MADE_PARTITION_IDS` (8) ids, as KerasEstimator does;
-                `data_stats["partitions"]` is the number of ids and `data_stats["partition_ids_made"]`
-                says whether fit made them.
+                interleaved). Left unset, with no "partition_id" column in the DataFrame, fit makes one: a
+                hash of each row's id into `keras_spark.spark.training.MADE_PARTITION_IDS` (8) ids, as
+                KerasEstimator does; `data_stats["partitions"]` is the number of ids and
+                `data_stats["partition_ids_made"]` says whether fit made them. A column named here is never
+                made: the DataFrame (and `validation_data`) must have it, or fit raises a BindingError.
             num_parallel_calls (int | None): partition ids read and interleaved at once; default one per core.
             cache_dir (str | None): where the one Spark pass leaves its cache; default a temporary
                 directory. It is removed after fit. Executors write there when they can see it;
@@ -99,6 +123,12 @@ class KerasSparkModel(keras.Model):
                 value identifies a row. A bad value is a DataError naming its row by partition id, its
                 position among that id's rows in the DataFrame's order (from 0), and this column's value
                 (with `num_workers` > 1, by its place in a batch).
+            checkpoint (str | os.PathLike | keras_spark.Checkpoint | None): default None. Where to commit
+                a checkpoint after every epoch (a local or mounted path, `s3://`, `gs://`, `hdfs://`,
+                `abfs://`, ...) and resume from: a fit given a location holding checkpoints of the same
+                model, data and arguments restores the last good one (weights, optimizer, RNG states) and
+                trains from the next epoch; the returned History covers every epoch once. Driver only
+                (num_workers=1), not with `steps_per_epoch`. See [Checkpoints](../guide/checkpoints.md).
 
         Keyword Args:
             sequence_length (int | None): default None. Pad (or cut) every variable-length
@@ -130,12 +160,17 @@ class KerasSparkModel(keras.Model):
                 in the steps Keras completed), `rows_prefetched`, `partitions`, `partition_ids_made`,
                 `cache_path`, `distinct_shapes` (int: the distinct batch shapes fed; JAX compiles a step for
                 each), and the padding figures of sequence columns (`padding_fraction`, float: pad steps /
-                all steps served). With `verbose` on, fit prints it in one line.
+                all steps served). With `checkpoint`: `checkpoint_s` (seconds committing), `checkpoints_written`,
+                `checkpoint_bytes` (written in all), `resume_s`, `resumed_from` (the checkpoint's name or None),
+                `steps_replayed` (0). With `verbose` on, fit prints it in one line.
 
         Raises:
-            keras_spark.errors.BindingError: a column is missing or cannot feed its input (before Spark runs).
+            keras_spark.errors.BindingError: a column is missing (the `partition_col` named too) or cannot feed
+                its input (before Spark runs).
             keras_spark.errors.DataError: a value cannot be fed (after the Spark pass, before the first step).
             keras_spark.errors.TrainingError: a `num_workers` training process failed.
+            keras_spark.errors.CheckpointMismatchError: the checkpoint location holds another run's checkpoint.
+            keras_spark.errors.CheckpointStoreError: the checkpoint store failed on every retry.
             TypeError: a Spark-only keyword with data that is not a DataFrame, or a bad argument type.
             ValueError: a bad argument value (`batch_size=0`, `num_workers=-1`, `validation_split`).
 
@@ -147,7 +182,7 @@ class KerasSparkModel(keras.Model):
         """
         spark_only = dict(partition_col=partition_col, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir,
                           num_workers=num_workers, allow_non_finite=allow_non_finite, custom_objects=custom_objects,
-                          image_resize=image_resize, row_id_col=row_id_col)
+                          image_resize=image_resize, row_id_col=row_id_col, checkpoint=checkpoint)
         if not is_spark_dataframe(x):
             _reject_spark_keywords(spark_only, "fit")
             if is_spark_dataframe(kwargs.get("validation_data")):
@@ -173,7 +208,8 @@ class KerasSparkModel(keras.Model):
             x (pyspark.sql.DataFrame): the rows to evaluate on.
             y (None): must be None with a DataFrame.
             batch_size (int | None): rows a step (default 32).
-            partition_col (str): as in `fit`; made (hashed row ids) when the DataFrame has no such column.
+            partition_col (str): as in `fit`: left unset, "partition_id", made (hashed row ids) when the
+                DataFrame has no such column; a column named here must exist (a BindingError otherwise).
             cache_dir (str | None): as in `fit`.
             allow_non_finite (bool): as in `fit`.
             image_resize (str | None): as in `fit`.
@@ -269,10 +305,30 @@ class KerasSparkModel(keras.Model):
         `keras.saving.load_model` gives a KerasSparkModel again where keras_spark is imported, and a
         functional `keras.Model` where keras-spark is not installed (a serving process, MLflow's workers).
         """
-        if type(self) is not KerasSparkModel:  # a user's subclass: its own class is its config
+        if type(self) is not _FunctionalKerasSparkModel:  # a user's subclass: its own class is its config
             return super().save(filepath, *args, **kwargs)
         with _as_functional(self):
             return _functional_class().save(self, filepath, *args, **kwargs)
+
+
+def _functional_arguments(args, kwargs) -> bool:
+    """Whether a model class is being called as keras.Model(inputs, outputs) is (Keras's own test)."""
+    return functional_init_arguments(args, kwargs)
+
+
+def _with_functional(cls: type) -> None:
+    """A user's subclass of KerasSparkModel made from (inputs, outputs) becomes functional, as Keras makes a
+    keras.Model subclass functional: rebased on the functional KerasSparkModel, KerasSparkModel left as it is."""
+    if not issubclass(cls, Functional):
+        cls.__bases__ = tuple(_functional_base(base) for base in cls.__bases__)
+
+
+def _functional_base(base: type) -> type:
+    if base is KerasSparkModel:
+        return _FunctionalKerasSparkModel
+    if issubclass(base, KerasSparkModel):
+        _with_functional(base)
+    return base
 
 
 def _reject_spark_keywords(spark_only: dict, method: str) -> None:
@@ -300,11 +356,9 @@ def _saved_class() -> type:
     functional = _functional_class()
     saved = type(functional.__name__, (functional,), {"__module__": functional.__module__,
                                                        "__qualname__": functional.__qualname__})
-    registered = keras.saving.get_registered_name(KerasSparkModel)
-    package, name = registered.split(">", 1)
-    keras.saving.register_keras_serializable(package, name)(saved)
+    keras.saving.register_keras_serializable(*_REGISTERED)(saved)
     # Registering `saved` pointed the name at it: point the name back, loading gives KerasSparkModel.
-    keras.saving.register_keras_serializable(package, name)(KerasSparkModel)
+    keras.saving.register_keras_serializable(*_REGISTERED)(KerasSparkModel)
     return saved
 
 
@@ -315,7 +369,20 @@ def _as_functional(model):
     try:
         yield
     finally:
-        object.__setattr__(model, "__class__", KerasSparkModel)
+        object.__setattr__(model, "__class__", _FunctionalKerasSparkModel)
+
+
+class _FunctionalKerasSparkModel(KerasSparkModel, Functional):
+    """A KerasSparkModel made from (inputs, outputs): KerasSparkModel and Keras's Functional.
+
+    Named KerasSparkModel and registered under its name, so saved configs, `repr` and default model
+    names read as KerasSparkModel's, and what is saved loads as a KerasSparkModel.
+    """
+
+
+_FunctionalKerasSparkModel.__name__ = "KerasSparkModel"
+keras.saving.register_keras_serializable(*_REGISTERED)(_FunctionalKerasSparkModel)  # the name it saves under
+keras.saving.register_keras_serializable(*_REGISTERED)(KerasSparkModel)  # the class that name loads as
 
 
 def as_keras_spark_model(model) -> KerasSparkModel:

@@ -10,13 +10,29 @@ Opening a model merges the stage's objects with the active scope (`model_package
 
 from __future__ import annotations
 
-from keras_spark.model_package import named_in, scoped_custom_objects
+from keras_spark.model_package import check_classes_resolve, named_in, scoped_custom_objects
+
+_SET_PARAM = "set the stage's customObjects Param (customObjects={example} or setCustomObjects({example}))"
+_SCOPE_AT_LOAD = ("load it inside keras.saving.custom_object_scope({example}), or import the module that registers "
+                  "the class first; the stage's customObjects Param then keeps them")
 
 
 def for_shipping(model_bytes: bytes, stage_objects: dict) -> dict:
     """What travels with the model: the stage's objects, and those of the active scope that the
     model's config names (a scope may hold unrelated objects that cannot be pickled)."""
     return {**named_in(model_bytes, scoped_custom_objects()), **stage_objects}
+
+
+def check_stage_classes(model_bytes: bytes, objects: dict, *, loading: bool = False) -> None:
+    """ModelPackageError naming each class of the stage's model that Keras could not find given `objects`
+    (the stage's, with the active scope's), and the customObjects Param that gives it; `loading`: a saved
+    stage being read (KerasModel.load, PipelineModel.load), where a scope around the load gives it."""
+    if loading:
+        check_classes_resolve(model_bytes, objects, consequence="the saved stage cannot open its model",
+                              remedy=_SCOPE_AT_LOAD)
+    else:
+        check_classes_resolve(model_bytes, objects, consequence="the stage cannot open its model",
+                              remedy=_SET_PARAM)
 
 
 def to_bytes(objects: dict) -> bytes:

@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from keras_spark.errors import BindingError, DataError
-from keras_spark.ml.custom_objects import for_shipping
+from keras_spark.ml.custom_objects import check_stage_classes, for_shipping
 from keras_spark.ml.outputs import flatten_outputs
 from keras_spark.ml.params import KerasScoringParams, KerasTrainingParams
 
@@ -88,8 +88,10 @@ def keras_model_from_bytes(model_bytes: bytes, custom_objects: dict | None = Non
     from keras_spark.model_package import model_from_bytes
     from keras_spark.models import as_keras_spark_model
 
+    objects = for_shipping(model_bytes, custom_objects or {})
+    check_stage_classes(model_bytes, objects)  # keras-spark's error naming the class, not Keras's with the config
     with _LOADING:
-        return as_keras_spark_model(model_from_bytes(model_bytes, custom_objects=custom_objects))
+        return as_keras_spark_model(model_from_bytes(model_bytes, custom_objects=objects))
 
 
 def _with_keras_names(df, mapping: dict):
@@ -147,7 +149,9 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
     `rawPredictionCol`, `predictBatchSize`, `outputCol`. Each Param has its `getX` and `setX`.
 
     `model` may be functional, a KerasSparkModel, or a Sequential one that starts with `keras.Input`
-    (held as a functional model with the same layers and weights).
+    (held as a functional model with the same layers and weights). A class of the model that Keras cannot
+    find (not registered, not in `customObjects` or the active scope) is a
+    `keras_spark.errors.ModelPackageError` naming it and `customObjects`, raised by `fit` before any Spark job.
     """
 
     def __init__(self, model=None, **params) -> None:
@@ -178,6 +182,7 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
     def _fit(self, dataset) -> KerasModel:
         if not self.isDefined(self.kerasModelBytes):
             raise ValueError("KerasEstimator has no model: pass model=<compiled keras.Model>")
+        self._check_partition_col(dataset, self._validation_data)  # before any Spark job
         model = self.getKerasModel()  # this fit's own copy: fits in other threads never share it
         if self.isSet(self.learningRate):
             model.optimizer.learning_rate = self.getOrDefault(self.learningRate)
@@ -188,28 +193,43 @@ class KerasEstimator(Estimator, KerasTrainingParams, MLWritable, MLReadable):
         # Named in the fitted stage: it then scores, saves and loads outside the user's scope too.
         objects = for_shipping(self.getKerasModelBytes(), self.getCustomObjects())
         mapping = {**self.getInputCols(), **self.getLabelCols()}
-        train, _ = self._for_training(train, mapping, model)
+        train, partition_col = self._for_training(train, mapping, model)
         if validation is not None:
             validation, _ = self._for_training(validation, mapping, model)
         history = model.fit(
             train, batch_size=self.getOrDefault(self.batchSize), epochs=self.getOrDefault(self.epochs),
-            partition_col=self.getOrDefault(self.partitionCol), num_workers=self.getOrDefault(self.numWorkers),
+            partition_col=partition_col, num_workers=self.getOrDefault(self.numWorkers),
             validation_data=validation, verbose=self.getOrDefault(self.verbose),
             shuffle_seed=self.getOrDefault(self.seed), custom_objects=objects,
+            **({"checkpoint": self.getCheckpointLocation()} if self.getCheckpointLocation() else {}),
         )
         fitted = self._copyValues(KerasModel())  # the scoring Params this estimator was given
         fitted._set(kerasModelBytes=model_to_keras_bytes(model), customObjects=objects)  # the trained weights
         fitted.history = dict(history.history) if history is not None else {}
         return fitted
 
+    def _named_partition_col(self) -> str | None:
+        """The partitionCol Param where the user set it (that column must exist), else None (made when absent)."""
+        return self.getOrDefault(self.partitionCol) if self.isSet(self.partitionCol) else None
+
+    def _check_partition_col(self, train, validation) -> None:
+        from keras_spark.spark.training import check_named_partition_column
+
+        named = self._named_partition_col()
+        if named is not None:
+            check_named_partition_column(train.columns, named, "partitionCol")
+            if validation is not None:
+                check_named_partition_column(validation.columns, named, "partitionCol", "the validation data")
+
     def _for_training(self, df, mapping: dict, model):
-        df, added = _with_keras_names(df, mapping)
-        df = _class_ids_as_integers(df, model)
+        """`df` ready for fit, and its partition id column."""
         from keras_spark.spark.training import with_partition_ids
 
-        df, _ = with_partition_ids(df, self.getOrDefault(self.partitionCol), seed=self.getOrDefault(self.seed),
-                                   count=self.getOrDefault(self.numPartitions))
-        return df, added
+        df, _ = _with_keras_names(df, mapping)
+        df = _class_ids_as_integers(df, model)
+        df, partition_col, _ = with_partition_ids(df, self._named_partition_col(), seed=self.getOrDefault(self.seed),
+                                                  count=self.getOrDefault(self.numPartitions), keyword="partitionCol")
+        return df, partition_col
 
     def write(self):
         from keras_spark.ml.persistence import KerasStageWriter

@@ -234,8 +234,8 @@ class KerasTrainingParams(KerasScoringParams):
                          "when set, replaces the compiled optimizer's learning rate",
                          typeConverter=TypeConverters.toFloat)
     partitionCol = Param(Params._dummy(), "partitionCol",
-                         "integer partition ids 0..n (units of streaming); when the DataFrame has no such column, "
-                         "the stage makes one from a hash of each row's id into numPartitions ids",
+                         "integer partition ids 0..n (units of streaming); when set, the DataFrame must have it; "
+                         "unset, 'partition_id', made from a hash of each row's id into numPartitions ids when absent",
                          typeConverter=TypeConverters.toString)
     numPartitions = Param(Params._dummy(), "numPartitions", "partition ids made when partitionCol is absent",
                           typeConverter=_to_positive_int)
@@ -248,6 +248,10 @@ class KerasTrainingParams(KerasScoringParams):
     seed = Param(Params._dummy(), "seed", "seed of the shuffle order and of the validation split",
                  typeConverter=TypeConverters.toInt)
     verbose = Param(Params._dummy(), "verbose", "Keras's fit verbosity", typeConverter=TypeConverters.toInt)
+    checkpointLocation = Param(Params._dummy(), "checkpointLocation",
+                               "where fit commits a checkpoint after every epoch and resumes from (a path, s3://, "
+                               "gs://, hdfs://, abfs://...); one location per fit; unset: no checkpoints",
+                               typeConverter=TypeConverters.toString)
 
     def __init__(self) -> None:
         super().__init__()
@@ -279,11 +283,11 @@ class KerasTrainingParams(KerasScoringParams):
         return self._set(learningRate=value)
 
     def getPartitionCol(self) -> str:
-        """The partition id column (made when absent)."""
+        """The partition id column ('partition_id' unless set; made when unset and absent)."""
         return self.getOrDefault(self.partitionCol)
 
     def setPartitionCol(self, value: str) -> Self:
-        """Sets the partition id column; returns the stage."""
+        """Sets the partition id column, which the DataFrame must then have (never made); returns the stage."""
         return self._set(partitionCol=value)
 
     def getNumPartitions(self) -> int:
@@ -325,3 +329,12 @@ class KerasTrainingParams(KerasScoringParams):
     def setVerbose(self, value: int) -> Self:
         """Sets Keras's fit verbosity; returns the stage."""
         return self._set(verbose=value)
+
+    def getCheckpointLocation(self) -> str | None:
+        """Where fit commits checkpoints and resumes from; None when unset (no checkpoints)."""
+        return self.getOrDefault(self.checkpointLocation) if self.isDefined(self.checkpointLocation) else None
+
+    def setCheckpointLocation(self, value: str) -> Self:
+        """Sets where fit commits a checkpoint after every epoch and resumes from (see the checkpoints guide);
+        returns the stage."""
+        return self._set(checkpointLocation=value)

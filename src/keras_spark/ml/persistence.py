@@ -80,4 +80,11 @@ class KerasStageReader(MLReader):
             if self.cls.__name__ == "KerasEstimator" and "PATH_NOT_FOUND" in str(error):
                 return instance  # an estimator saved before it was given a model
             raise
+        from keras_spark.ml.custom_objects import check_stage_classes, for_shipping
+
+        # The active scope's objects the model names are kept, so the stage opens outside the scope too.
+        objects = for_shipping(model_bytes, instance.getCustomObjects())
+        check_stage_classes(model_bytes, objects, loading=True)
+        if objects:
+            instance._set(**{_OBJECTS_PARAM: objects})
         return instance._set(**{_BYTES_PARAM: model_bytes})

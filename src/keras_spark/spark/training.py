@@ -15,7 +15,8 @@ import time
 import keras
 
 from keras_spark import binding, sequences
-from keras_spark.feed import BatchFeed, batches_per_pull, keras_input
+from keras_spark.errors import BindingError
+from keras_spark.feed import BatchFeed, batches_per_pull, default_parallelism, keras_input
 from keras_spark.kinds import data_parallel_refusal
 from keras_spark.progress import RowsTrained, with_callback
 from keras_spark.shutdown import terminate_cleanly
@@ -26,19 +27,39 @@ from keras_spark.weights import bind_weight_column, check_weight_values, class_w
 MADE_PARTITION_IDS = 8
 """int: partition ids fit/evaluate make when the DataFrame has no `partition_col` column (as KerasEstimator)."""
 
+DEFAULT_PARTITION_COL = "partition_id"
+"""str: the partition id column fit, evaluate and KerasEstimator read when none is named (made when absent)."""
 
-def with_partition_ids(df, partition_col: str, seed: int = 0, count: int = MADE_PARTITION_IDS):
-    """`df` with `partition_col` made from a hash of each row's id into `count` ids, when it has none.
 
-    Returns (DataFrame, whether the ids were made). A column that exists is used as it is. fit, evaluate
-    and KerasEstimator (its `numPartitions` and `seed`) make ids this one way.
+def check_named_partition_column(columns: list[str], partition_col: str, keyword: str = "partition_col",
+                                 frame: str = "the DataFrame") -> None:
+    """A BindingError when a partition column the user named is not among `columns`: a named column is never
+    made in its place (a typo would train on made-up ids). `keyword` is how the user named it."""
+    if partition_col not in columns:
+        raise BindingError(
+            f"{keyword}='{partition_col}' names a partition id column that {frame} does not have; columns are "
+            f"{list(columns)}. Name a column of integer partition ids, or leave {keyword} unset to use "
+            f"'{DEFAULT_PARTITION_COL}', which is made from a hash of each row's id when absent")
+
+
+def with_partition_ids(df, partition_col: str | None = None, seed: int = 0, count: int = MADE_PARTITION_IDS, *,
+                       keyword: str = "partition_col", frame: str = "the DataFrame"):
+    """`df` with its partition id column: the one named, or, with `partition_col` None, DEFAULT_PARTITION_COL,
+    made from a hash of each row's id into `count` ids when the DataFrame has none.
+
+    Returns (DataFrame, the column's name, whether the ids were made). A named column must exist
+    (check_named_partition_column; `keyword` and `frame` word its error). fit, evaluate and KerasEstimator
+    (its `numPartitions` and `seed`) make ids this one way.
     """
-    if partition_col in df.columns:
-        return df, False
+    if partition_col is not None:
+        check_named_partition_column(df.columns, partition_col, keyword, frame)
+        return df, partition_col, False
+    if DEFAULT_PARTITION_COL in df.columns:
+        return df, DEFAULT_PARTITION_COL, False
     from pyspark.sql import functions as F
 
     ids = F.pmod(F.xxhash64(F.monotonically_increasing_id(), F.lit(seed)), F.lit(count))
-    return df.withColumn(partition_col, ids.cast("int")), True
+    return df.withColumn(DEFAULT_PARTITION_COL, ids.cast("int")), DEFAULT_PARTITION_COL, True
 
 
 def _bind(model, df, partition_col: str, with_labels: bool, sample_weight=None, sequence_options=None,
@@ -109,25 +130,43 @@ def _report(stats: dict) -> str:
     )
 
 
-def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, partition_col="partition_id",
+def _checkpoints(checkpoint, num_workers: int, steps_per_epoch):
+    """The fit's DriverCheckpoints (None without `checkpoint`); refused where resume could not be exact."""
+    if checkpoint is None:
+        return None
+    if num_workers > 1:
+        raise ValueError("checkpoint is not yet supported with num_workers > 1; train on the driver "
+                         "(num_workers=1) or use keras.callbacks.BackupAndRestore (see the num_workers guide)")
+    if steps_per_epoch is not None:
+        raise ValueError(f"steps_per_epoch={steps_per_epoch} is not supported with checkpoint: each epoch is one "
+                         f"pass over every row, so that a resumed epoch starts where the data's order does")
+    from keras_spark.checkpoints.driver import DriverCheckpoints
+
+    return DriverCheckpoints(checkpoint)
+
+
+def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, partition_col=None,
                   num_parallel_calls=None, cache_dir=None, shuffle=True, validation_data=None,
                   validation_split=0.0, validation_batch_size=None, sample_weight=None, initial_epoch=0,
                   steps_per_epoch=None, validation_steps=None, num_workers=1, allow_non_finite=False,
                   class_weight=None, custom_objects=None, image_resize=None, shuffle_seed=None, row_id_col=None,
-                  **keras_kwargs):
+                  checkpoint=None, **keras_kwargs):
     """Model.fit on a DataFrame: labels are the columns named like the outputs, weights a column's name.
 
     `shuffle_seed` fixes the shuffle order without touching the global `random` (pyspark.ml stages
-    fit in several threads at once under a CrossValidator).
+    fit in several threads at once under a CrossValidator). `partition_col` None: DEFAULT_PARTITION_COL,
+    made when absent; a named one must exist (with_partition_ids). `checkpoint` (a location or a
+    keras_spark.Checkpoint): commit after every epoch there, and resume from its last good checkpoint.
     """
     _reject("y", y, "labels are the columns named like the model's outputs")
     _check_class_weight(model, sample_weight, class_weight)
     sequence_options = sequences.SequenceOptions.pop_from(keras_kwargs)
     _reject("validation_split", validation_split, "pass validation_data=<DataFrame> (e.g. from df.randomSplit)")
     batch_size = batch_size_or_default(batch_size)
-    df, ids_made = with_partition_ids(df, partition_col)
+    named = partition_col
+    df, partition_col, ids_made = with_partition_ids(df, named)
     if is_spark_dataframe(validation_data):
-        validation_data, _ = with_partition_ids(validation_data, partition_col)
+        validation_data, _, _ = with_partition_ids(validation_data, named, frame="validation_data")
     if validation_batch_size is not None:
         validation_batch_size = batch_size_or_default(validation_batch_size, "validation_batch_size")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int):
@@ -143,6 +182,7 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     val_bindings = (_bind(model, validation_data, partition_col, True, sequence_options=sequence_options,
                           image_resize=image_resize)
                     if spark_validation else None)
+    checkpoints = _checkpoints(checkpoint, num_workers, steps_per_epoch)
     if num_workers > 1:
         from keras_spark.spark.distributed import fit_distributed
 
@@ -168,8 +208,18 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
         if spark_validation:
             val_cached = stack.enter_context(
                 _cached(model, validation_data, val_bindings, partition_col, cache_dir, allow_non_finite, row_id_col))
+        train_parallel_calls = num_parallel_calls
+        if checkpoints is not None:  # resumed: the model restored; the data's order and first epoch the checkpoint's
+            seed, train_parallel_calls, initial_epoch = checkpoints.start(
+                model, cached, seed, default_parallelism(num_parallel_calls, max(1, len(cached.partitions))),
+                initial_epoch, dict(batch_size=batch_size, shuffle=shuffle, shuffle_seed=shuffle_seed,
+                                    num_parallel_calls=num_parallel_calls, class_weight=class_weight,
+                                    sample_weight=sample_weight, sequence_options=sequence_options,
+                                    image_resize=image_resize, partition_col=partition_col,
+                                    validation=spark_validation))
+            keras_kwargs["callbacks"] = [*(keras_kwargs.get("callbacks") or []), checkpoints.callback()]
         feed = _feed(model, cached, batch_size, shuffle=shuffle, seed=seed,
-                     num_parallel_calls=num_parallel_calls, first_epoch=initial_epoch, class_weight=class_weight)
+                     num_parallel_calls=train_parallel_calls, first_epoch=initial_epoch, class_weight=class_weight)
         stack.callback(feed.close)
         if spark_validation:
             val_feed = _feed(model, val_cached, validation_batch_size or batch_size, shuffle=False, seed=0,
@@ -185,12 +235,16 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
             validation_data=validation_data, validation_steps=validation_steps, initial_epoch=initial_epoch,
             shuffle=False, **keras_kwargs,
         )
+        if checkpoints is not None:
+            history = checkpoints.complete(history)
         served = feed.stats()  # read ahead of training: the prefetch queues run past the last step
         model.data_stats = dict(served, rows=trained.rows, rows_prefetched=served["rows"], steps=trained.steps,
                                 spark_pass_s=spark_pass_s, train_s=time.perf_counter() - started - spark_pass_s,
                                 cache_path=cached.path, partitions=len(cached.partition_ids),
                                 partition_ids_made=ids_made)
         model.data_stats.update(sequences.padding_stats(cached, feed.batch_size, served))
+        if checkpoints is not None:
+            model.data_stats.update(checkpoints.stats())
         if spark_validation:
             model.data_stats["validation_cache_path"] = val_cached.path
     if verbose not in (0, "silent"):
@@ -198,12 +252,12 @@ def fit_dataframe(model, df, *, y=None, batch_size=None, epochs=1, super_fit, pa
     return history
 
 
-def evaluate_dataframe(model, df, *, y=None, batch_size=None, super_evaluate, partition_col="partition_id",
+def evaluate_dataframe(model, df, *, y=None, batch_size=None, super_evaluate, partition_col=None,
                        cache_dir=None, sample_weight=None, steps=None, allow_non_finite=False, image_resize=None,
                        row_id_col=None, **keras_kwargs):
     """Model.evaluate on a DataFrame, in row order, on the driver; `sample_weight` names a weight column."""
     _reject("y", y, "labels are the columns named like the model's outputs")
-    df, _ = with_partition_ids(df, partition_col)
+    df, partition_col, _ = with_partition_ids(df, partition_col)
     bindings = _bind(model, df, partition_col, with_labels=True, sample_weight=sample_weight,
                      sequence_options=sequences.SequenceOptions.pop_from(keras_kwargs), image_resize=image_resize)
     with terminate_cleanly(), _cached(model, df, bindings, partition_col, cache_dir, allow_non_finite,

@@ -60,7 +60,7 @@ class TuneResult:
 def tune(build_model: Callable, df, *, n_trials: int, parallelism: int | None = None, validation_data=None,
          objective: str = "val_loss", direction: str = "minimize", epochs: int = 1, batch_size: int | None = None,
          validation_batch_size: int | None = None, shuffle: bool = True, sampler=None, pruner=None, storage=None,
-         study_name: str | None = None, timeout: float | None = None, partition_col: str = "partition_id",
+         study_name: str | None = None, timeout: float | None = None, partition_col: str | None = None,
          cache_dir: str | None = None, allow_non_finite: bool = False, **fit_kwargs) -> TuneResult:
     """Search hyperparameters with Optuna; every trial trains on a Spark executor.
 
@@ -129,7 +129,8 @@ def tune(build_model: Callable, df, *, n_trials: int, parallelism: int | None = 
             resumed (its trials stay, `n_trials` more run). None: a new unique name.
         timeout (float | None): seconds, from each task's start, after which it asks for no more trials
             (its running trial finishes).
-        partition_col (str): the column of partition ids the rows are cached by (made if missing, as `fit`).
+        partition_col (str | None): the column of partition ids the rows are cached by, as `fit`: None reads
+            "partition_id", made when the DataFrame has none; a named column must exist.
         cache_dir (str | None): where each task writes its cache on its executor (the temporary directory
             when None).
         allow_non_finite (bool): accept NaN and infinite values in the data, as `fit`.
@@ -197,7 +198,7 @@ class _Plan:
     offset: int | None
 
 
-def _plan(build_model, df, validation_data, partition_col: str) -> _Plan:
+def _plan(build_model, df, validation_data, partition_col: str | None) -> _Plan:
     """Bind the columns from one model built on the driver with a throwaway trial (never trained)."""
     from pyspark.sql import functions as F
 
@@ -206,7 +207,8 @@ def _plan(build_model, df, validation_data, partition_col: str) -> _Plan:
     from keras_spark.spark.training import _bind, with_partition_ids
 
     model = _probe_model(build_model)
-    df, _ = with_partition_ids(df, partition_col)
+    named = partition_col
+    df, partition_col, _ = with_partition_ids(df, named)
     bindings = _bind(model, df, partition_col, with_labels=True)
     names = list(dict.fromkeys([b.column for b in bindings] + [partition_col]))
     selected = df.select(*[F.col(f"`{n}`") for n in names])
@@ -214,7 +216,7 @@ def _plan(build_model, df, validation_data, partition_col: str) -> _Plan:
     if validation_data is not None:
         if not is_spark_dataframe(validation_data):
             raise TypeError("validation_data must be a Spark DataFrame like df")
-        validation_data, _ = with_partition_ids(validation_data, partition_col)
+        validation_data, _, _ = with_partition_ids(validation_data, named, frame="validation_data")
         _bind(model, validation_data, partition_col, with_labels=True)
         selected, offset = _with_validation(selected, validation_data, names, partition_col)
     del model
