@@ -23,6 +23,10 @@ def worker_rank() -> int:
 
 
 def __getattr__(name):
+    if name in ("tune", "TuneResult"):  # keras_spark.tuning imports Optuna: only when asked for
+        from keras_spark import tuning
+
+        return getattr(tuning, name)
     if name in ("KerasSparkModel", "load_model"):
         from keras_spark import models
 
