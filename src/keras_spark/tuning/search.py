@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keras_spark import scratch
-from keras_spark.tuning.trials import TrialJob, task_summaries, trial_task
+from keras_spark.tuning.trials import TrialJob, _better, task_summaries, trial_task
 
 _TASK_COLUMN = "__keras_spark_trial_task"
 _RESULT_SCHEMA = "rank int, part int, payload binary"
@@ -374,8 +374,8 @@ def _result(study, summaries: list[dict], build_model, direction: str, wall_s: f
                       "trials": [t["number"] for t in summary["trials"]]})
         trials += [dict(t, task=summary["task"]) for t in summary["trials"]]
         candidate = summary["best"]
-        if candidate is not None and (best is None or (candidate["value"] > best["value"] if direction == "maximize"
-                                                       else candidate["value"] < best["value"])):
+        if candidate is not None and (best is None or _better(candidate["value"], best["value"],
+                                                              direction == "maximize")):
             best = candidate
     trials.sort(key=lambda t: t["number"])
     completed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
